@@ -1,9 +1,3 @@
-// Package config holds kproxy's settings: the structs operators fill in, their
-// defaults, loading from YAML and KPROXY_* environment variables, strict
-// validation that reports every problem at once, and reloading.
-//
-// Precedence, lowest first: built-in defaults, the YAML file, KPROXY_*
-// environment variables, command-line flags (applied by cmd/kproxy).
 package config
 
 import "time"
