@@ -22,6 +22,14 @@ import (
 // one and must not be used. A file that cannot be read or parsed as YAML is
 // reported alone, wrapping the underlying error.
 func Load(path string, environ []string) (Config, error) {
+	c, err := Read(path, environ)
+	return c, Join(err, c.Validate())
+}
+
+// Read is Load without the final Validate, for callers that apply further
+// settings (command-line flags) first. Its problems are reported as a
+// *ValidationError, to be joined with Validate's by Join.
+func Read(path string, environ []string) (Config, error) {
 	c := Default()
 	var ps problems
 	if path != "" {
@@ -34,14 +42,25 @@ func Load(path string, environ []string) (Config, error) {
 		}
 	}
 	applyEnv(&c, environ, &ps)
-	if err := c.Validate(); err != nil {
+	return c, problemError(ps)
+}
+
+// Join combines errors from Read and Validate: the problems of every
+// *ValidationError are reported together, sorted; any other error is
+// returned alone, as it means the configuration could not be read at all.
+func Join(errs ...error) error {
+	var ps problems
+	for _, err := range errs {
+		if err == nil {
+			continue
+		}
 		var ve *ValidationError
 		if !errors.As(err, &ve) {
-			return c, err
+			return err
 		}
 		ps = append(ps, ve.Problems...)
 	}
-	return c, problemError(ps)
+	return problemError(ps)
 }
 
 // maxYAMLSteps bounds the work of walking one file, so that aliases and merge

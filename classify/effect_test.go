@@ -1,0 +1,63 @@
+package classify
+
+import "testing"
+
+func TestSessionEffectFindsStatementsThatLeaveStateBehind(t *testing.T) {
+	tests := []struct {
+		sql  string
+		want Effect
+	}{
+		{"SELECT 1", EffectNone},
+		{"select * from t where a = 'set x = 1'", EffectNone},
+		{"SET search_path = app", EffectSetting},
+		{"set  TimeZone TO 'UTC'", EffectSetting},
+		{"SET LOCAL statement_timeout = 5", EffectNone},
+		{"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", EffectNone},
+		{"SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", EffectSetting},
+		{"SET CONSTRAINTS ALL DEFERRED", EffectNone},
+		{"RESET ALL", EffectSetting},
+		{"select set_config('a.b', '1', false)", EffectSetting},
+		{"PREPARE q(int) AS SELECT $1", EffectPrepare},
+		{"PREPARE TRANSACTION 'x'", EffectNone},
+		{"LISTEN chan", EffectListen},
+		{"UNLISTEN *", EffectNone},
+		{"SELECT pg_advisory_lock(1)", EffectAdvisoryLock},
+		{"SELECT pg_try_advisory_lock_shared (1, 2)", EffectAdvisoryLock},
+		{"SELECT pg_advisory_xact_lock(1)", EffectNone},
+		{"SELECT pg_advisory_unlock(1)", EffectNone},
+		{"CREATE TEMP TABLE t (a int)", EffectTempTable},
+		{"create global temporary table t (a int)", EffectTempTable},
+		{"CREATE OR REPLACE TEMP VIEW v AS SELECT 1", EffectTempTable},
+		{"CREATE TABLE temp (a int)", EffectNone},
+		{"SELECT 1 INTO TEMP t", EffectTempTable},
+		{"DECLARE c CURSOR WITH HOLD FOR SELECT 1", EffectHoldCursor},
+		{"DECLARE c CURSOR FOR SELECT 'with hold'", EffectNone},
+		{"LOAD 'auto_explain'", EffectLoad},
+		{"SELECT 1; SET x.y = 2", EffectSetting},
+		{"-- SET x = 1\nSELECT 1", EffectNone},
+		{"/* SET /* nested */ x */ SELECT 1", EffectNone},
+		{"SELECT $$ SET a = 1; $$", EffectNone},
+		{"SELECT $tag$ LISTEN x $tag$", EffectNone},
+		{"SELECT E'\\' ; LISTEN x'", EffectNone},
+		{`SELECT "set" FROM t`, EffectNone},
+		{"DO $$BEGIN PERFORM 1; END$$", EffectNone},
+		{"", EffectNone},
+		{"SELECT 'unterminated", EffectNone},
+	}
+	for _, tt := range tests {
+		t.Run(tt.sql, func(t *testing.T) {
+			if got := SessionEffect(tt.sql); got != tt.want {
+				t.Fatalf("SessionEffect(%q) = %v, want %v", tt.sql, got, tt.want)
+			}
+		})
+	}
+}
+
+func FuzzSessionEffect(f *testing.F) {
+	for _, s := range []string{"SET a=1", "SELECT $a$ x $a$", "E'\\'", "/* /* */", "$1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, sql string) {
+		_ = SessionEffect(sql).String()
+	})
+}

@@ -1,0 +1,280 @@
+package pool
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/kproxy/kproxy/internal/pgwire"
+)
+
+const (
+	serverReadBufBytes  = 16 << 10
+	serverWriteBufBytes = 16 << 10
+	maxServerMsgBytes   = 1 << 30
+)
+
+// Conn is one server connection. It is handed to exactly one user at a time by
+// its Pool; while held, the holder may read and write it from one reading and
+// one writing goroutine. Conn is not safe for other concurrent use.
+type Conn struct {
+	pool   *Pool
+	nc     net.Conn
+	rd     *pgwire.Reader
+	wr     *bufio.Writer
+	pid    uint32
+	secret []byte
+
+	// params holds the server's last reported ParameterStatus values.
+	params map[string]string
+	// settings holds what kproxy applied with Sync beyond the connection's
+	// start-up defaults.
+	settings map[string]string
+
+	createdAt time.Time
+	expiresAt time.Time
+	idleSince time.Time
+	broken    bool
+}
+
+// Next reads the next message from the server. The frame is valid until the
+// following call. ParameterStatus messages also update the connection's view
+// of its parameters.
+func (c *Conn) Next() (byte, []byte, error) {
+	t, msg, err := c.rd.Next()
+	if err != nil {
+		// A deadline that fires between messages (how a holder stops a
+		// reading goroutine) leaves the connection usable.
+		var partial *pgwire.PartialError
+		if !errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &partial) {
+			c.broken = true
+		}
+		return 0, nil, err
+	}
+	if t == 'S' {
+		var ps pgproto3.ParameterStatus
+		if ps.Decode(msg[5:]) == nil {
+			c.params[ps.Name] = ps.Value
+		}
+	}
+	return t, msg, nil
+}
+
+// Buffered reports how many bytes from the server are already read but not
+// yet returned by Next.
+func (c *Conn) Buffered() int { return c.rd.Buffered() }
+
+// Write buffers raw protocol bytes for the server; Flush sends them.
+func (c *Conn) Write(b []byte) error {
+	_, err := c.wr.Write(b)
+	if err != nil {
+		c.broken = true
+	}
+	return err
+}
+
+// Flush sends buffered bytes to the server.
+func (c *Conn) Flush() error {
+	err := c.wr.Flush()
+	if err != nil {
+		c.broken = true
+	}
+	return err
+}
+
+// MarkBroken records that the connection is in an unknown state; the pool
+// closes it instead of reusing it.
+func (c *Conn) MarkBroken() { c.broken = true }
+
+// SetReadDeadline sets the deadline of the underlying network connection's
+// reads; a past deadline unblocks a pending Next.
+func (c *Conn) SetReadDeadline(t time.Time) error { return c.nc.SetReadDeadline(t) }
+
+// Params returns the server's last reported ParameterStatus values. The map
+// is owned by the connection; copy it to keep it.
+func (c *Conn) Params() map[string]string { return c.params }
+
+// PID is the backend process ID of the connection.
+func (c *Conn) PID() uint32 { return c.pid }
+
+// Cancel asks the server to cancel whatever this connection is running. It
+// opens a separate connection, as the protocol requires; the server may
+// ignore it.
+func (c *Conn) Cancel(ctx context.Context) error {
+	return sendCancel(ctx, c.pool.cfg.Network, c.pool.cfg.Addr, c.pid, c.secret)
+}
+
+func sendCancel(ctx context.Context, network, addr string, pid uint32, secret []byte) error {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, network, addr)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = nc.SetDeadline(dl)
+	}
+	buf := make([]byte, 12, 12+len(secret))
+	binary.BigEndian.PutUint32(buf[0:], uint32(12+len(secret)))
+	binary.BigEndian.PutUint32(buf[4:], pgwire.CancelRequestCode)
+	binary.BigEndian.PutUint32(buf[8:], pid)
+	buf = append(buf, secret...)
+	if _, err := nc.Write(buf); err != nil {
+		return err
+	}
+	// The server closes the connection once it has read the request; waiting
+	// for that makes the cancel take effect before we return.
+	_, _ = nc.Read(buf[:1])
+	return nil
+}
+
+// Exec runs sql with the simple protocol and waits for ReadyForQuery. It
+// returns the first error the server reports; the connection is still usable
+// after a server error, not after a network error.
+func (c *Conn) Exec(ctx context.Context, sql string) error {
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.nc.SetDeadline(dl)
+		defer c.nc.SetDeadline(time.Time{})
+	}
+	q := pgproto3.Query{String: sql}
+	buf, err := q.Encode(nil)
+	if err != nil {
+		return err
+	}
+	if err := c.Write(buf); err != nil {
+		return err
+	}
+	if err := c.Flush(); err != nil {
+		return err
+	}
+	return c.waitReady()
+}
+
+// Ping checks that the server answers, with a Sync round trip.
+func (c *Conn) Ping(ctx context.Context) error {
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.nc.SetDeadline(dl)
+		defer c.nc.SetDeadline(time.Time{})
+	}
+	if err := c.Write([]byte{'S', 0, 0, 0, 4}); err != nil {
+		return err
+	}
+	if err := c.Flush(); err != nil {
+		return err
+	}
+	return c.waitReady()
+}
+
+func (c *Conn) waitReady() error {
+	var first error
+	for {
+		t, msg, err := c.Next()
+		if err != nil {
+			return err
+		}
+		switch t {
+		case 'E':
+			var e pgproto3.ErrorResponse
+			if first == nil && e.Decode(msg[5:]) == nil {
+				first = pgconn.ErrorResponseToPgError(&e)
+			}
+		case 'Z':
+			if len(msg) != 6 {
+				c.broken = true
+				return errors.New("malformed ReadyForQuery")
+			}
+			if msg[5] != pgwire.TxIdle && first == nil {
+				first = fmt.Errorf("server connection left in transaction state %q", msg[5])
+				c.broken = true
+			}
+			return first
+		case 'G', 'H', 'W':
+			// COPY cannot start from statements kproxy sends itself.
+			c.broken = true
+			return errors.New("unexpected COPY from an internal statement")
+		}
+	}
+}
+
+// Settings returns what kproxy applied to this connection with Sync.
+func (c *Conn) Settings() map[string]string { return c.settings }
+
+// Sync brings the connection's session settings in line with want (name →
+// value): settings that differ are set, settings kproxy applied earlier that
+// want lacks are reset. It sends one statement at most.
+func (c *Conn) Sync(ctx context.Context, want map[string]string) error {
+	var b strings.Builder
+	names := make([]string, 0, len(want))
+	for k := range want {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		v := want[k]
+		if cur, ok := c.settings[k]; ok && cur == v {
+			continue
+		}
+		fmt.Fprintf(&b, "SELECT pg_catalog.set_config(%s, %s, false);", quoteLiteral(k), quoteLiteral(v))
+	}
+	var resets []string
+	for k := range c.settings {
+		if _, ok := want[k]; !ok {
+			resets = append(resets, k)
+		}
+	}
+	sort.Strings(resets)
+	for _, k := range resets {
+		fmt.Fprintf(&b, "RESET %s;", quoteIdent(k))
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	if err := c.Exec(ctx, b.String()); err != nil {
+		// Which statements took effect is unknown: do not reuse.
+		c.broken = true
+		return err
+	}
+	clear(c.settings)
+	for k, v := range want {
+		c.settings[k] = v
+	}
+	return nil
+}
+
+// Reset returns the connection to a clean session with DISCARD ALL.
+func (c *Conn) Reset(ctx context.Context) error {
+	if err := c.Exec(ctx, "DISCARD ALL"); err != nil {
+		return err
+	}
+	clear(c.settings)
+	return nil
+}
+
+func quoteLiteral(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
+}
+
+func quoteIdent(s string) string {
+	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
+}
+
+func (c *Conn) close() {
+	if c.nc == nil {
+		return
+	}
+	// A polite Terminate lets the server end the session cleanly.
+	_ = c.nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	_, _ = c.nc.Write([]byte{'X', 0, 0, 0, 4})
+	_ = c.nc.Close()
+	c.nc = nil
+}

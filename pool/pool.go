@@ -1,0 +1,526 @@
+package pool
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"go.uber.org/zap"
+
+	"github.com/kproxy/kproxy/config"
+	"github.com/kproxy/kproxy/internal/pgwire"
+)
+
+// ErrAcquireTimeout is returned by Acquire when no server connection became
+// available within the pool's acquire timeout.
+var ErrAcquireTimeout = errors.New("timed out waiting for a server connection")
+
+// ErrClosed is returned by Acquire on a closed pool.
+var ErrClosed = errors.New("pool is closed")
+
+// ConnectError is returned by Acquire when a new server connection could not
+// be opened. Err is a *pgconn.PgError when the server refused the connection
+// (unknown database, bad password…), a network error otherwise.
+type ConnectError struct {
+	Addr string
+	Err  error
+}
+
+func (e *ConnectError) Error() string { return fmt.Sprintf("connect to %s: %v", e.Addr, e.Err) }
+func (e *ConnectError) Unwrap() error { return e.Err }
+
+// Config says where a pool connects and how it is sized.
+type Config struct {
+	// Network is "tcp" or "unix"; Addr is host:port or a socket path.
+	Network string
+	Addr    string
+	// Host and Port are the parts of Addr, for pgconn.
+	Host string
+	Port uint16
+	// Database and User are what the server connections log in as.
+	Database string
+	User     string
+	// Password is used when the server asks for one.
+	Password string
+	// SSLMode and RootCertFile are libpq's sslmode and sslrootcert.
+	SSLMode      string
+	RootCertFile string
+	// Limits holds sizes and timeouts.
+	Limits config.Pool
+}
+
+// Pool holds the server connections of one (backend, database, user). It is
+// safe for concurrent use.
+type Pool struct {
+	cfg  Config
+	log  *zap.Logger
+	pgc  *pgconn.Config
+	stop chan struct{}
+	done chan struct{}
+
+	mu      sync.Mutex
+	limits  config.Pool // guarded by mu
+	idle    []*Conn     // guarded by mu; most recently used last
+	open    int         // guarded by mu; connections open or being opened
+	waiters []*waiter   // guarded by mu; first come first served
+	closed  bool        // guarded by mu
+
+	created      atomic.Int64
+	closedConns  atomic.Int64
+	failed       atomic.Int64
+	acquires     atomic.Int64
+	timeouts     atomic.Int64
+	waitNanos    atomic.Int64
+	maxWaitNanos atomic.Int64
+}
+
+type waiter struct {
+	ch chan *Conn // buffered 1; nil value means "capacity freed, try again"
+}
+
+// New creates a pool and starts its maintenance goroutine, which pre-warms,
+// keeps min_connections open, closes idle and expired connections and checks
+// idle ones for liveness. Close stops it.
+func New(cfg Config, log *zap.Logger) (*Pool, error) {
+	if cfg.Network == "" {
+		cfg.Network = "tcp"
+	}
+	dsn := fmt.Sprintf("host='%s' port=%d dbname='%s' user='%s' sslmode=%s",
+		escapeDSN(cfg.Host), cfg.Port, escapeDSN(cfg.Database), escapeDSN(cfg.User), cfg.SSLMode)
+	if cfg.RootCertFile != "" {
+		dsn += fmt.Sprintf(" sslrootcert='%s'", escapeDSN(cfg.RootCertFile))
+	}
+	pgc, err := pgconn.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("pool for %s: %w", cfg.Addr, err)
+	}
+	pgc.Password = cfg.Password
+	if pgc.RuntimeParams == nil {
+		pgc.RuntimeParams = map[string]string{}
+	}
+	p := &Pool{
+		cfg:    cfg,
+		log:    log.With(zap.String("backend", cfg.Addr), zap.String("database", cfg.Database), zap.String("user", cfg.User)),
+		pgc:    pgc,
+		limits: cfg.Limits,
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
+	}
+	go p.maintain()
+	return p, nil
+}
+
+func escapeDSN(s string) string {
+	out := make([]byte, 0, len(s))
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\'' || s[i] == '\\' {
+			out = append(out, '\\')
+		}
+		out = append(out, s[i])
+	}
+	return string(out)
+}
+
+// Limits returns the pool's current sizes and timeouts.
+func (p *Pool) Limits() config.Pool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.limits
+}
+
+// SetLimits changes sizes and timeouts at run time. Lowering MaxConnections
+// closes idle connections above it; busy ones close when released.
+func (p *Pool) SetLimits(l config.Pool) {
+	p.mu.Lock()
+	p.limits = l
+	var drop []*Conn
+	for p.open > l.MaxConnections && len(p.idle) > 0 {
+		c := p.idle[0]
+		p.idle = p.idle[1:]
+		p.open--
+		drop = append(drop, c)
+	}
+	// Raising the limit lets waiters open connections.
+	for p.open < l.MaxConnections && len(p.waiters) > 0 {
+		p.wakeLocked(nil)
+	}
+	p.mu.Unlock()
+	for _, c := range drop {
+		p.closeConn(c)
+	}
+}
+
+// Acquire returns a server connection for the caller's exclusive use, opening
+// one if the pool is below its maximum, or waiting up to the acquire timeout.
+// Cancelling ctx abandons the wait. The caller must hand the connection back
+// with Release once it is idle (ReadyForQuery 'I' with nothing pending).
+func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
+	start := time.Now()
+	p.acquires.Add(1)
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return nil, ErrClosed
+		}
+		now := time.Now()
+		for len(p.idle) > 0 {
+			c := p.idle[len(p.idle)-1]
+			p.idle = p.idle[:len(p.idle)-1]
+			if c.broken || now.After(c.expiresAt) {
+				p.open--
+				p.mu.Unlock()
+				p.closeConn(c)
+				p.mu.Lock()
+				continue
+			}
+			p.mu.Unlock()
+			p.noteWait(start)
+			return c, nil
+		}
+		if p.open < p.limits.MaxConnections {
+			p.open++
+			p.mu.Unlock()
+			c, err := p.connect(ctx)
+			if err != nil {
+				p.mu.Lock()
+				p.open--
+				if len(p.waiters) > 0 {
+					p.wakeLocked(nil)
+				}
+				p.mu.Unlock()
+				return nil, err
+			}
+			p.noteWait(start)
+			return c, nil
+		}
+		w := &waiter{ch: make(chan *Conn, 1)}
+		p.waiters = append(p.waiters, w)
+		timeout := p.limits.AcquireTimeout
+		p.mu.Unlock()
+
+		if timer == nil {
+			timer = time.NewTimer(timeout - time.Since(start))
+		}
+		select {
+		case c := <-w.ch:
+			if c != nil {
+				p.noteWait(start)
+				return c, nil
+			}
+			continue // capacity freed: try again
+		case <-timer.C:
+			p.timeouts.Add(1)
+			p.abandon(w)
+			return nil, ErrAcquireTimeout
+		case <-ctx.Done():
+			p.abandon(w)
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// abandon removes w from the queue, or, when a connection was already handed
+// to it, gives that connection back.
+func (p *Pool) abandon(w *waiter) {
+	p.mu.Lock()
+	for i, x := range p.waiters {
+		if x == w {
+			p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
+			p.mu.Unlock()
+			return
+		}
+	}
+	p.mu.Unlock()
+	if c := <-w.ch; c != nil {
+		p.Release(c)
+	} else {
+		p.mu.Lock()
+		if len(p.waiters) > 0 {
+			p.wakeLocked(nil)
+		}
+		p.mu.Unlock()
+	}
+}
+
+// wakeLocked hands c (or a retry signal when c is nil) to the first waiter.
+func (p *Pool) wakeLocked(c *Conn) {
+	w := p.waiters[0]
+	p.waiters = p.waiters[1:]
+	w.ch <- c
+}
+
+func (p *Pool) noteWait(start time.Time) {
+	d := int64(time.Since(start))
+	p.waitNanos.Add(d)
+	for {
+		m := p.maxWaitNanos.Load()
+		if d <= m || p.maxWaitNanos.CompareAndSwap(m, d) {
+			return
+		}
+	}
+}
+
+// Release hands c back. A broken or expired connection, or one above the
+// pool's current maximum, is closed instead.
+func (p *Pool) Release(c *Conn) {
+	now := time.Now()
+	p.mu.Lock()
+	if c.broken || p.closed || now.After(c.expiresAt) || p.open > p.limits.MaxConnections {
+		p.open--
+		if len(p.waiters) > 0 && !p.closed {
+			p.wakeLocked(nil)
+		}
+		p.mu.Unlock()
+		p.closeConn(c)
+		return
+	}
+	if len(p.waiters) > 0 {
+		p.wakeLocked(c)
+		p.mu.Unlock()
+		return
+	}
+	c.idleSince = now
+	p.idle = append(p.idle, c)
+	p.mu.Unlock()
+}
+
+func (p *Pool) connect(ctx context.Context) (*Conn, error) {
+	limits := p.Limits()
+	ctx, cancel := context.WithTimeout(ctx, limits.ConnectTimeout)
+	defer cancel()
+	pc, err := pgconn.ConnectConfig(ctx, p.pgc)
+	if err != nil {
+		p.failed.Add(1)
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) {
+			return nil, &ConnectError{Addr: p.cfg.Addr, Err: pgErr}
+		}
+		return nil, &ConnectError{Addr: p.cfg.Addr, Err: rootCause(err)}
+	}
+	hj, err := pc.Hijack()
+	if err != nil {
+		pc.Close(ctx)
+		p.failed.Add(1)
+		return nil, &ConnectError{Addr: p.cfg.Addr, Err: err}
+	}
+	now := time.Now()
+	life := limits.MaxLifetime
+	if j := limits.MaxLifetimeJitter; j > 0 {
+		life += rand.N(j)
+	}
+	params := make(map[string]string, len(hj.ParameterStatuses))
+	for k, v := range hj.ParameterStatuses {
+		params[k] = v
+	}
+	c := &Conn{
+		pool:      p,
+		nc:        hj.Conn,
+		rd:        pgwire.NewReader(hj.Conn, serverReadBufBytes, maxServerMsgBytes),
+		wr:        bufio.NewWriterSize(hj.Conn, serverWriteBufBytes),
+		pid:       hj.PID,
+		secret:    hj.SecretKey,
+		params:    params,
+		settings:  map[string]string{},
+		createdAt: now,
+		expiresAt: now.Add(life),
+	}
+	p.created.Add(1)
+	return c, nil
+}
+
+// rootCause digs out the innermost error, which names what went wrong
+// ("connection refused") without the layers of context above it.
+func rootCause(err error) error {
+	var opErr *net.OpError
+	if errors.As(err, &opErr) && opErr.Err != nil {
+		return opErr.Err
+	}
+	for {
+		u := errors.Unwrap(err)
+		if u == nil {
+			return err
+		}
+		err = u
+	}
+}
+
+func (p *Pool) closeConn(c *Conn) {
+	p.closedConns.Add(1)
+	c.close()
+}
+
+// Close closes idle connections, stops maintenance and makes Acquire fail.
+// Connections held by callers are closed when released. Close is idempotent.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.closed = true
+	idle := p.idle
+	p.idle = nil
+	p.open -= len(idle)
+	for _, w := range p.waiters {
+		w.ch <- nil
+	}
+	p.waiters = nil
+	p.mu.Unlock()
+	close(p.stop)
+	<-p.done
+	for _, c := range idle {
+		p.closeConn(c)
+	}
+}
+
+// maintain runs until Close.
+func (p *Pool) maintain() {
+	defer close(p.done)
+	if n := p.Limits().PrewarmConnections; n > 0 {
+		p.fill(n)
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-tick.C:
+			p.sweep()
+		}
+	}
+}
+
+// fill opens connections until n are open.
+func (p *Pool) fill(n int) {
+	for {
+		p.mu.Lock()
+		if p.closed || p.open >= n || p.open >= p.limits.MaxConnections {
+			p.mu.Unlock()
+			return
+		}
+		p.open++
+		p.mu.Unlock()
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() {
+			select {
+			case <-p.stop:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		c, err := p.connect(ctx)
+		cancel()
+		if err != nil {
+			p.mu.Lock()
+			p.open--
+			p.mu.Unlock()
+			p.log.Warn("could not open server connection", zap.Error(err))
+			return
+		}
+		p.Release(c)
+	}
+}
+
+// sweep closes idle connections past their lifetime or idle timeout (keeping
+// min_connections), checks idle connections unused for a health-check
+// period, and tops the pool up to min_connections.
+func (p *Pool) sweep() {
+	now := time.Now()
+	p.mu.Lock()
+	l := p.limits
+	var drop, check []*Conn
+	keep := p.idle[:0]
+	for _, c := range p.idle {
+		idleFor := now.Sub(c.idleSince)
+		switch {
+		case c.broken || now.After(c.expiresAt):
+			drop = append(drop, c)
+		case l.IdleTimeout > 0 && idleFor > l.IdleTimeout && p.open-len(drop) > l.MinConnections:
+			drop = append(drop, c)
+		case l.HealthCheckPeriod > 0 && idleFor > l.HealthCheckPeriod:
+			check = append(check, c)
+		default:
+			keep = append(keep, c)
+		}
+	}
+	clear(p.idle[len(keep):])
+	p.idle = keep
+	p.open -= len(drop)
+	min := l.MinConnections
+	p.mu.Unlock()
+
+	for _, c := range drop {
+		p.closeConn(c)
+	}
+	for _, c := range check {
+		ctx, cancel := context.WithTimeout(context.Background(), l.ConnectTimeout)
+		err := c.Ping(ctx)
+		cancel()
+		if err != nil {
+			c.broken = true
+			p.log.Info("idle server connection failed its health check", zap.Uint32("pid", c.pid), zap.Error(err))
+		}
+		p.Release(c) // refreshes idleSince, or closes a broken one
+	}
+	if min > 0 {
+		p.fill(min)
+	}
+}
+
+// Stats is a snapshot of a pool's state and counters.
+type Stats struct {
+	Backend  string `json:"backend"`
+	Database string `json:"database"`
+	User     string `json:"user"`
+	// Open counts connections open or being opened; Idle those in the pool.
+	Open    int `json:"open"`
+	Idle    int `json:"idle"`
+	Active  int `json:"active"`
+	Waiting int `json:"waiting"`
+	Max     int `json:"max_connections"`
+	Min     int `json:"min_connections"`
+
+	Created         int64         `json:"connections_created"`
+	Closed          int64         `json:"connections_closed"`
+	Failed          int64         `json:"connections_failed"`
+	Acquires        int64         `json:"acquires"`
+	AcquireTimeouts int64         `json:"acquire_timeouts"`
+	AvgAcquireWait  time.Duration `json:"avg_acquire_wait_ns"`
+	MaxAcquireWait  time.Duration `json:"max_acquire_wait_ns"`
+}
+
+// Stats returns a snapshot of the pool.
+func (p *Pool) Stats() Stats {
+	p.mu.Lock()
+	s := Stats{
+		Backend: p.cfg.Addr, Database: p.cfg.Database, User: p.cfg.User,
+		Open: p.open, Idle: len(p.idle), Active: p.open - len(p.idle), Waiting: len(p.waiters),
+		Max: p.limits.MaxConnections, Min: p.limits.MinConnections,
+	}
+	p.mu.Unlock()
+	s.Created = p.created.Load()
+	s.Closed = p.closedConns.Load()
+	s.Failed = p.failed.Load()
+	s.Acquires = p.acquires.Load()
+	s.AcquireTimeouts = p.timeouts.Load()
+	if s.Acquires > 0 {
+		s.AvgAcquireWait = time.Duration(p.waitNanos.Load() / s.Acquires)
+	}
+	s.MaxAcquireWait = time.Duration(p.maxWaitNanos.Load())
+	return s
+}

@@ -1,0 +1,28 @@
+package proxy
+
+import (
+	"encoding/json"
+	"net/http"
+)
+
+// AdminHandler serves kproxy's admin HTTP API:
+//
+//	GET /healthz  200 "ok" while kproxy accepts clients, 503 while draining
+//	GET /stats    the Stats snapshot as JSON
+func (s *Server) AdminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if s.isDraining() {
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(s.Stats())
+	})
+	return mux
+}

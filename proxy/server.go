@@ -1,0 +1,271 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/kproxy/kproxy/config"
+	"github.com/kproxy/kproxy/pool"
+)
+
+// Server accepts client connections and runs a session for each. It is safe
+// for concurrent use.
+type Server struct {
+	log     *zap.Logger
+	cluster *pool.Cluster
+	cfg     atomic.Pointer[config.Config]
+	tls     atomic.Pointer[tls.Config] // nil: SSLRequest is declined
+	auth    *authenticator
+	stats   counters
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{} // guarded by mu
+	sessions  map[*session]struct{}     // guarded by mu
+	byKey     map[cancelKey]*session    // guarded by mu
+	draining  bool                      // guarded by mu
+	idle      chan struct{}             // guarded by mu; closed when draining and no sessions are left
+	wg        sync.WaitGroup
+}
+
+type cancelKey struct {
+	pid    uint32
+	secret uint32
+}
+
+type counters struct {
+	accepted     atomic.Int64
+	loginsFailed atomic.Int64
+	cancels      atomic.Int64
+	pins         [8]atomic.Int64 // by classify.Effect
+}
+
+// New returns a server that sends clients' statements to cluster. cfg must
+// have passed validation.
+func New(cfg *config.Config, cluster *pool.Cluster, log *zap.Logger) (*Server, error) {
+	s := &Server{
+		log:       log,
+		cluster:   cluster,
+		auth:      newAuthenticator(),
+		listeners: map[net.Listener]struct{}{},
+		sessions:  map[*session]struct{}{},
+		byKey:     map[cancelKey]*session{},
+	}
+	if err := s.Reload(cfg); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Reload applies a new configuration: users, authentication, TLS
+// certificate and pool limits change at once for new logins and new
+// transactions. Listen addresses do not change; they need a restart.
+func (s *Server) Reload(cfg *config.Config) error {
+	var tc *tls.Config
+	if cfg.TLS.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+		if err != nil {
+			return fmt.Errorf("load TLS certificate: %w", err)
+		}
+		tc = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	s.tls.Store(tc)
+	s.cfg.Store(cfg)
+	if old := s.cluster; old != nil {
+		old.Reconfigure(cfg)
+	}
+	return nil
+}
+
+// Serve accepts connections on ln until ln is closed or Shutdown is called.
+// It returns nil after Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.draining {
+		s.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	var delay time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			draining := s.draining
+			delete(s.listeners, ln)
+			s.mu.Unlock()
+			if draining {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				delay = min(max(delay*2, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed; retrying", zap.Error(err), zap.Duration("delay", delay))
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		s.stats.accepted.Add(1)
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.handle(nc)
+		}()
+	}
+}
+
+// Shutdown stops accepting, closes each client as soon as it is outside a
+// transaction, and waits for all to leave. When ctx ends first, the remaining
+// clients are disconnected. Shutdown does not close the cluster.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.draining = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	if s.idle == nil {
+		s.idle = make(chan struct{})
+		if len(s.sessions) == 0 {
+			close(s.idle)
+		}
+	}
+	idle := s.idle
+	sessions := make([]*session, 0, len(s.sessions))
+	for ss := range s.sessions {
+		sessions = append(sessions, ss)
+	}
+	s.mu.Unlock()
+
+	for _, ss := range sessions {
+		ss.closeIfIdle()
+	}
+	var err error
+	select {
+	case <-idle:
+	case <-ctx.Done():
+		err = ctx.Err()
+		s.mu.Lock()
+		for ss := range s.sessions {
+			ss.kill(fatalf(codeAdminShutdown, "terminating connection because kproxy is shutting down"))
+		}
+		s.mu.Unlock()
+	}
+	s.wg.Wait()
+	return err
+}
+
+func (s *Server) isDraining() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.draining
+}
+
+// register adds a logged-in session and gives it a cancel key.
+func (s *Server) register(ss *session) (cancelKey, error) {
+	var b [8]byte
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining {
+		return cancelKey{}, fatalf(codeAdminShutdown, "kproxy is shutting down")
+	}
+	for {
+		if _, err := rand.Read(b[:]); err != nil {
+			return cancelKey{}, err
+		}
+		k := cancelKey{pid: binary.BigEndian.Uint32(b[:4]) & 0x7fffffff, secret: binary.BigEndian.Uint32(b[4:])}
+		if _, taken := s.byKey[k]; !taken && k.pid != 0 {
+			s.byKey[k] = ss
+			s.sessions[ss] = struct{}{}
+			return k, nil
+		}
+	}
+}
+
+func (s *Server) unregister(ss *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.sessions[ss]; !ok {
+		return
+	}
+	delete(s.sessions, ss)
+	delete(s.byKey, ss.key)
+	if s.draining && len(s.sessions) == 0 && s.idle != nil {
+		close(s.idle)
+	}
+}
+
+// cancel forwards a client's CancelRequest to the server connection running
+// that client's statement, if it is running one.
+func (s *Server) cancel(k cancelKey) {
+	s.mu.Lock()
+	ss := s.byKey[k]
+	s.mu.Unlock()
+	if ss == nil {
+		return
+	}
+	s.stats.cancels.Add(1)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := ss.cancelRunning(ctx); err != nil {
+		s.log.Info("forwarding cancel request failed", zap.Error(err))
+	}
+}
+
+// Stats is a snapshot of the server's clients and counters.
+type Stats struct {
+	Clients          int              `json:"clients"`
+	ClientsAttached  int              `json:"clients_attached"`
+	Accepted         int64            `json:"connections_accepted"`
+	LoginsFailed     int64            `json:"logins_failed"`
+	CancelsForwarded int64            `json:"cancel_requests"`
+	PinnedClients    map[string]int   `json:"pinned_clients"`
+	PinsTotal        map[string]int64 `json:"pins_total"`
+	Pools            []pool.Stats     `json:"pools"`
+}
+
+// Stats returns a snapshot of the server and its pools.
+func (s *Server) Stats() Stats {
+	st := Stats{
+		Accepted:         s.stats.accepted.Load(),
+		LoginsFailed:     s.stats.loginsFailed.Load(),
+		CancelsForwarded: s.stats.cancels.Load(),
+		PinnedClients:    map[string]int{},
+		PinsTotal:        map[string]int64{},
+		Pools:            s.cluster.Stats(),
+	}
+	s.mu.Lock()
+	sessions := make([]*session, 0, len(s.sessions))
+	for ss := range s.sessions {
+		sessions = append(sessions, ss)
+	}
+	s.mu.Unlock()
+	st.Clients = len(sessions)
+	for _, ss := range sessions {
+		attached, pin := ss.state()
+		if attached {
+			st.ClientsAttached++
+		}
+		if pin != 0 {
+			st.PinnedClients[pin.String()]++
+		}
+	}
+	for i := range s.stats.pins {
+		if n := s.stats.pins[i].Load(); n > 0 {
+			st.PinsTotal[effectName(i)] = n
+		}
+	}
+	return st
+}
