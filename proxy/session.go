@@ -390,8 +390,8 @@ func (ss *session) relayServer(sc *pool.Conn, done chan struct{}) {
 			}
 		}
 		ss.mu.Unlock()
-		// msg belongs to sc's reader: copy it out before sc changes hands.
-		werr := ss.writeClient(msg, false)
+		// msg belongs to sc's reader, which is not ours once detached.
+		werr := ss.writeClient(pgwire.ReadyForQuery(st), false)
 		if release {
 			ss.pool.Release(sc)
 		}
