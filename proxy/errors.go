@@ -105,7 +105,19 @@ func errorResponse(err error) *pgproto3.ErrorResponse {
 
 // encodeError appends the ErrorResponse for err to dst.
 func encodeError(dst []byte, err error) []byte {
-	out, encErr := errorResponse(err).Encode(dst)
+	return encode(dst, errorResponse(err))
+}
+
+// encodeFatal is encodeError for an error that ends the connection, which
+// Postgres reports with severity FATAL.
+func encodeFatal(dst []byte, err error) []byte {
+	e := errorResponse(err)
+	e.Severity, e.SeverityUnlocalized = severityFatal, severityFatal
+	return encode(dst, e)
+}
+
+func encode(dst []byte, e *pgproto3.ErrorResponse) []byte {
+	out, encErr := e.Encode(dst)
 	if encErr != nil {
 		out, _ = (&pgproto3.ErrorResponse{Severity: severityError, SeverityUnlocalized: severityError,
 			Code: codeInternalError, Message: "kproxy internal error"}).Encode(dst)

@@ -54,7 +54,8 @@ func (s *Server) handle(nc net.Conn) {
 	if err := ss.login(); err != nil {
 		s.stats.loginsFailed.Add(1)
 		s.log.Debug("login failed", zap.String("user", st.user), zap.String("database", st.database), zap.Error(err))
-		ss.fail(err)
+		// Whatever went wrong, the login is over: say so with FATAL.
+		_ = ss.writeClient(encodeFatal(nil, err), true)
 		ss.close()
 		return
 	}
@@ -71,7 +72,7 @@ func (st *startup) conn(fallback net.Conn) net.Conn {
 
 // writeError sends err to a client that has no session yet.
 func writeError(nc net.Conn, err error) {
-	_, _ = nc.Write(encodeError(nil, err))
+	_, _ = nc.Write(encodeFatal(nil, err))
 }
 
 // readStartup handles the untyped first messages: SSLRequest (TLS or 'N'),
