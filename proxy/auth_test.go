@@ -140,3 +140,20 @@ func TestClientsCanUseTLSWhenACertificateIsConfigured(t *testing.T) {
 	var one int
 	require.NoError(t, conn.QueryRow(context.Background(), "SELECT 1").Scan(&one))
 }
+
+func TestBackendConnectionsHonourSSLMode(t *testing.T) {
+	for _, tt := range []struct {
+		sslmode string
+		want    bool
+	}{{"require", true}, {"disable", false}} {
+		t.Run(tt.sslmode, func(t *testing.T) {
+			p := startProxy(t, func(c *config.Config) { c.BackendTLS.SSLMode = tt.sslmode })
+			conn, err := tryConnect(p.DSN("postgres", "postgres", ""))
+			require.NoError(t, err)
+			defer conn.Close(context.Background())
+			var ssl bool
+			require.NoError(t, conn.QueryRow(context.Background(), "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").Scan(&ssl))
+			assert.Equal(t, tt.want, ssl)
+		})
+	}
+}
