@@ -2,21 +2,26 @@ package classify
 
 import "strings"
 
-// Effect is the kind of session state a statement leaves behind.
+// Effect is a kind of session state that cannot follow a client to another
+// server connection, and so pins the client to its server connection.
 type Effect uint8
 
-// Effects in order of precedence: when a string has several, the first one
-// found is reported.
+// Pin reasons, in order of precedence: when a string has several, the first
+// one found is reported.
 const (
 	EffectNone         Effect = iota
-	EffectSetting             // SET, RESET, set_config(…), SET SESSION AUTHORIZATION…
-	EffectPrepare             // PREPARE name AS …
+	EffectSetting             // historic: settings are now replayed, never pinned
+	EffectPrepare             // SQL PREPARE name AS …
 	EffectListen              // LISTEN channel
 	EffectAdvisoryLock        // pg_advisory_lock and friends (session level)
 	EffectTempTable           // CREATE TEMP …, SELECT … INTO TEMP …
 	EffectHoldCursor          // DECLARE … WITH HOLD
 	EffectLoad                // LOAD 'library'
+	effectCount
 )
+
+// NumEffects is the number of Effect values, for arrays indexed by Effect.
+const NumEffects = int(effectCount)
 
 var effectNames = [...]string{
 	EffectNone:         "none",
@@ -37,52 +42,86 @@ func (e Effect) String() string {
 	return "unknown"
 }
 
-// SessionEffect returns the first session effect found among the statements
-// of sql, or EffectNone.
-func SessionEffect(sql string) Effect {
+// Session is what a SQL string does to the server session, as far as
+// pooling is concerned.
+type Session struct {
+	// Pin is the first state found that may pin the client. It is a
+	// candidate: kproxy checks on the server whether the state really
+	// exists once the transaction is over.
+	Pin Effect
+	// Settings is set for statements that change session settings (SET,
+	// RESET, set_config, DISCARD ALL, SET SESSION AUTHORIZATION…); kproxy
+	// reads the settings back afterwards and replays them on other server
+	// connections.
+	Settings bool
+	// MayRelease is set for statements that may remove pinning state:
+	// UNLISTEN, advisory unlocks, DROP, DISCARD, CLOSE, DEALLOCATE and the
+	// end of a transaction (ON COMMIT DROP temporary tables).
+	MayRelease bool
+	// DropsAllStatements is set for DEALLOCATE ALL and DISCARD ALL, which
+	// remove every prepared statement of the session.
+	DropsAllStatements bool
+	// Deallocate is the statement name when sql is exactly one
+	// "DEALLOCATE [PREPARE] name".
+	Deallocate string
+}
+
+// SessionEffect returns the pin candidate of sql, or EffectNone.
+func SessionEffect(sql string) Effect { return ScanSession(sql).Pin }
+
+// ScanSession scans every statement of sql.
+func ScanSession(sql string) Session {
+	var s Session
 	lx := lexer{src: sql}
 	var words []string // lower-cased words of the current statement
-	flush := func() Effect {
-		e := statementEffect(words)
+	statements := 0
+	end := func() {
+		if len(words) > 0 {
+			statements++
+			s.addStatement(words, statements)
+		}
 		words = words[:0]
-		return e
 	}
 	for {
 		tok, ok := lx.next()
 		if !ok {
-			return flush()
+			end()
+			if statements != 1 {
+				s.Deallocate = ""
+			}
+			return s
 		}
 		switch tok.kind {
 		case tokSemicolon:
-			if e := flush(); e != EffectNone {
-				return e
-			}
+			end()
 		case tokWord:
 			w := strings.ToLower(tok.text)
-			if lx.peekByte() == '(' && isSessionFunc(w) {
-				if w == "set_config" {
-					return EffectSetting
-				}
-				return EffectAdvisoryLock
+			if lx.peekByte() == '(' {
+				s.addFunction(w)
 			}
 			words = append(words, w)
 		}
 	}
 }
 
-func isSessionFunc(w string) bool {
-	switch w {
-	case "pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock",
-		"pg_try_advisory_lock_shared", "set_config":
-		return true
+func (s *Session) pin(e Effect) {
+	if s.Pin == EffectNone {
+		s.Pin = e
 	}
-	return false
 }
 
-func statementEffect(w []string) Effect {
-	if len(w) == 0 {
-		return EffectNone
+func (s *Session) addFunction(w string) {
+	switch w {
+	case "pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock", "pg_try_advisory_lock_shared":
+		s.pin(EffectAdvisoryLock)
+	case "pg_advisory_unlock", "pg_advisory_unlock_shared", "pg_advisory_unlock_all":
+		s.MayRelease = true
+	case "set_config":
+		s.Settings = true
 	}
+}
+
+func (s *Session) addStatement(w []string, n int) {
 	at := func(i int) string {
 		if i < len(w) {
 			return w[i]
@@ -93,43 +132,59 @@ func statementEffect(w []string) Effect {
 	case "set":
 		switch at(1) {
 		case "local", "transaction", "constraints":
-			return EffectNone
+		default:
+			s.Settings = true
 		}
-		return EffectSetting
 	case "reset":
-		return EffectSetting
-	case "prepare":
-		if at(1) == "transaction" {
-			return EffectNone
+		s.Settings = true
+	case "discard":
+		s.MayRelease = true
+		if at(1) == "all" {
+			s.Settings = true
+			s.DropsAllStatements = true
 		}
-		return EffectPrepare
+	case "prepare":
+		if at(1) != "transaction" {
+			s.pin(EffectPrepare)
+		}
+	case "deallocate":
+		s.MayRelease = true
+		name := at(1)
+		if name == "prepare" {
+			name = at(2)
+		}
+		if name == "all" {
+			s.DropsAllStatements = true
+		} else if n == 1 && len(w) <= 3 {
+			s.Deallocate = name
+		}
 	case "listen":
-		return EffectListen
+		s.pin(EffectListen)
+	case "unlisten", "drop", "close", "commit", "end", "rollback", "abort":
+		s.MayRelease = true
 	case "load":
-		return EffectLoad
+		s.pin(EffectLoad)
 	case "declare":
 		for i := 1; i+1 < len(w) && w[i] != "for"; i++ {
 			if w[i] == "with" && w[i+1] == "hold" {
-				return EffectHoldCursor
+				s.pin(EffectHoldCursor)
 			}
 		}
-		return EffectNone
 	case "create":
 		for i := 1; i < len(w) && i <= 4; i++ {
-			switch w[i] {
-			case "temp", "temporary":
-				return EffectTempTable
-			case "table", "view", "sequence", "function", "index":
-				return EffectNone
+			if w[i] == "temp" || w[i] == "temporary" {
+				s.pin(EffectTempTable)
+				break
+			}
+			if w[i] == "table" || w[i] == "view" || w[i] == "sequence" || w[i] == "function" || w[i] == "index" {
+				break
 			}
 		}
-		return EffectNone
 	}
 	// SELECT … INTO TEMP t, possibly inside WITH or EXPLAIN.
 	for i := 0; i+1 < len(w); i++ {
 		if w[i] == "into" && (w[i+1] == "temp" || w[i+1] == "temporary") {
-			return EffectTempTable
+			s.pin(EffectTempTable)
 		}
 	}
-	return EffectNone
 }

@@ -9,14 +9,14 @@ func TestSessionEffectFindsStatementsThatLeaveStateBehind(t *testing.T) {
 	}{
 		{"SELECT 1", EffectNone},
 		{"select * from t where a = 'set x = 1'", EffectNone},
-		{"SET search_path = app", EffectSetting},
-		{"set  TimeZone TO 'UTC'", EffectSetting},
+		{"SET search_path = app", EffectNone},
+		{"set  TimeZone TO 'UTC'", EffectNone},
 		{"SET LOCAL statement_timeout = 5", EffectNone},
 		{"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", EffectNone},
-		{"SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", EffectSetting},
+		{"SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", EffectNone},
 		{"SET CONSTRAINTS ALL DEFERRED", EffectNone},
-		{"RESET ALL", EffectSetting},
-		{"select set_config('a.b', '1', false)", EffectSetting},
+		{"RESET ALL", EffectNone},
+		{"select set_config('a.b', '1', false)", EffectNone},
 		{"PREPARE q(int) AS SELECT $1", EffectPrepare},
 		{"PREPARE TRANSACTION 'x'", EffectNone},
 		{"LISTEN chan", EffectListen},
@@ -33,7 +33,7 @@ func TestSessionEffectFindsStatementsThatLeaveStateBehind(t *testing.T) {
 		{"DECLARE c CURSOR WITH HOLD FOR SELECT 1", EffectHoldCursor},
 		{"DECLARE c CURSOR FOR SELECT 'with hold'", EffectNone},
 		{"LOAD 'auto_explain'", EffectLoad},
-		{"SELECT 1; SET x.y = 2", EffectSetting},
+		{"SELECT 1; SET x.y = 2", EffectNone},
 		{"-- SET x = 1\nSELECT 1", EffectNone},
 		{"/* SET /* nested */ x */ SELECT 1", EffectNone},
 		{"SELECT $$ SET a = 1; $$", EffectNone},
@@ -53,11 +53,45 @@ func TestSessionEffectFindsStatementsThatLeaveStateBehind(t *testing.T) {
 	}
 }
 
+func TestScanSessionReportsSettingsReleasesAndDeallocation(t *testing.T) {
+	tests := []struct {
+		sql  string
+		want Session
+	}{
+		{"SELECT 1", Session{}},
+		{"SET search_path = app", Session{Settings: true}},
+		{"SET LOCAL search_path = app", Session{}},
+		{"SET SESSION AUTHORIZATION bob", Session{Settings: true}},
+		{"RESET ALL", Session{Settings: true}},
+		{"select set_config('a.b', '1', false)", Session{Settings: true}},
+		{"DISCARD ALL", Session{Settings: true, MayRelease: true, DropsAllStatements: true}},
+		{"DISCARD TEMP", Session{MayRelease: true}},
+		{"DEALLOCATE ALL", Session{MayRelease: true, DropsAllStatements: true}},
+		{"DEALLOCATE PREPARE ALL", Session{MayRelease: true, DropsAllStatements: true}},
+		{"deallocate s1", Session{MayRelease: true, Deallocate: "s1"}},
+		{"DEALLOCATE PREPARE s1;", Session{MayRelease: true, Deallocate: "s1"}},
+		{"DEALLOCATE s1; SELECT 1", Session{MayRelease: true}},
+		{"SELECT pg_advisory_unlock(1)", Session{MayRelease: true}},
+		{"UNLISTEN *", Session{MayRelease: true}},
+		{"DROP TABLE t", Session{MayRelease: true}},
+		{"COMMIT", Session{MayRelease: true}},
+		{"LISTEN a; SET x.y = 1", Session{Pin: EffectListen, Settings: true}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.sql, func(t *testing.T) {
+			if got := ScanSession(tt.sql); got != tt.want {
+				t.Fatalf("ScanSession(%q) = %+v, want %+v", tt.sql, got, tt.want)
+			}
+		})
+	}
+}
+
 func FuzzSessionEffect(f *testing.F) {
 	for _, s := range []string{"SET a=1", "SELECT $a$ x $a$", "E'\\'", "/* /* */", "$1"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, sql string) {
 		_ = SessionEffect(sql).String()
+		_ = ScanSession(sql)
 	})
 }

@@ -123,6 +123,10 @@ type Pool struct {
 	HealthCheckPeriod time.Duration `yaml:"health_check_period"`
 	// ConnectTimeout bounds dialling and authenticating to Postgres. Default 5s.
 	ConnectTimeout time.Duration `yaml:"connect_timeout"`
+	// MaxPreparedStatements bounds the prepared statements kproxy keeps on
+	// each server connection in transaction mode; the least recently used is
+	// closed on the server to make room. Default 1000.
+	MaxPreparedStatements int `yaml:"max_prepared_statements"`
 }
 
 // Database is per-database configuration.
@@ -173,5 +177,7 @@ func DefaultPool() Pool {
 		IdleTimeout:       10 * time.Minute,
 		HealthCheckPeriod: 30 * time.Second,
 		ConnectTimeout:    5 * time.Second,
+
+		MaxPreparedStatements: 1000,
 	}
 }

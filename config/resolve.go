@@ -43,6 +43,7 @@ func mergePools(mode PoolMode, layers ...Pool) Pool {
 		over(&p.IdleTimeout, l.IdleTimeout)
 		over(&p.HealthCheckPeriod, l.HealthCheckPeriod)
 		over(&p.ConnectTimeout, l.ConnectTimeout)
+		over(&p.MaxPreparedStatements, l.MaxPreparedStatements)
 	}
 	if p.Mode == "" {
 		p.Mode = mode

@@ -207,6 +207,7 @@ func (c *Config) validatePools(ps *problems) {
 			{"min_connections", p.MinConnections},
 			{"max_connections", p.MaxConnections},
 			{"prewarm_connections", p.PrewarmConnections},
+			{"max_prepared_statements", p.MaxPreparedStatements},
 		} {
 			if f.n < 0 {
 				ps.add(path+"."+f.name, "must not be negative")

@@ -10,8 +10,10 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -40,6 +42,14 @@ type Conn struct {
 	// settings holds what kproxy applied with Sync beyond the connection's
 	// start-up defaults.
 	settings map[string]string
+
+	// prepared holds the names of the statements kproxy prepared on this
+	// connection, least recently used first out; stale holds names whose
+	// plan the server refused to reuse, to be prepared afresh.
+	prepared      *simplelru.LRU[string, struct{}]
+	stale         map[string]struct{}
+	closeLater    []string     // prepared on the server but no longer tracked; closed at the next AddPrepared
+	preparedCount atomic.Int64 // len(prepared), for stats read by others
 
 	createdAt time.Time
 	expiresAt time.Time
@@ -209,6 +219,15 @@ func (c *Conn) waitReady() error {
 // Settings returns what kproxy applied to this connection with Sync.
 func (c *Conn) Settings() map[string]string { return c.settings }
 
+// SetSettings records the session settings the connection has now, as read
+// back from the server after a client changed them.
+func (c *Conn) SetSettings(m map[string]string) {
+	clear(c.settings)
+	for k, v := range m {
+		c.settings[k] = v
+	}
+}
+
 // Sync brings the connection's session settings in line with want (name →
 // value): settings that differ are set, settings kproxy applied earlier that
 // want lacks are reset. It sends one statement at most.
@@ -251,12 +270,149 @@ func (c *Conn) Sync(ctx context.Context, want map[string]string) error {
 	return nil
 }
 
+// HasPrepared reports whether the statement name is prepared on the
+// connection, marking it recently used, and counts a hit or a miss.
+func (c *Conn) HasPrepared(name string) bool {
+	if _, stale := c.stale[name]; stale {
+		c.pool.preparedMisses.Add(1)
+		return false
+	}
+	_, ok := c.prepared.Get(name)
+	if ok {
+		c.pool.preparedHits.Add(1)
+	} else {
+		c.pool.preparedMisses.Add(1)
+	}
+	return ok
+}
+
+// IsStale reports whether name was prepared but must be prepared afresh;
+// the caller closes it on the server first and then calls AddPrepared.
+func (c *Conn) IsStale(name string) bool {
+	_, ok := c.stale[name]
+	return ok
+}
+
+// AddPrepared records that name is being prepared on the connection and
+// returns the least recently used names it pushed out, which the caller must
+// close on the server.
+func (c *Conn) AddPrepared(name string) (evicted []string) {
+	delete(c.stale, name)
+	evicted = append(evicted, c.closeLater...)
+	c.closeLater = c.closeLater[:0]
+	for c.prepared.Len() >= c.pool.maxPrepared() {
+		old, _, ok := c.prepared.RemoveOldest()
+		if !ok {
+			break
+		}
+		evicted = append(evicted, old)
+	}
+	c.prepared.Add(name, struct{}{})
+	c.pool.preparedEvictions.Add(int64(len(evicted)))
+	c.preparedCount.Store(int64(c.prepared.Len()))
+	return evicted
+}
+
+// CloseLater records that name is still prepared on the server although it
+// is no longer tracked (its Close was skipped after an error); AddPrepared
+// returns it to be closed.
+func (c *Conn) CloseLater(name string) {
+	c.prepared.Remove(name)
+	c.closeLater = append(c.closeLater, name)
+	c.preparedCount.Store(int64(c.prepared.Len()))
+}
+
+// ForgetPrepared records that name is no longer prepared (its Parse failed).
+func (c *Conn) ForgetPrepared(name string) {
+	c.prepared.Remove(name)
+	delete(c.stale, name)
+	c.preparedCount.Store(int64(c.prepared.Len()))
+}
+
+// MarkStale records that the server refused to reuse name's plan ("cached
+// plan must not change result type"): the next use prepares it afresh.
+func (c *Conn) MarkStale(name string) {
+	if c.stale == nil {
+		c.stale = map[string]struct{}{}
+	}
+	c.stale[name] = struct{}{}
+}
+
+// ForgetAllPrepared records that the server dropped every prepared
+// statement (DEALLOCATE ALL, DISCARD ALL).
+func (c *Conn) ForgetAllPrepared() {
+	c.prepared.Purge()
+	clear(c.stale)
+	c.preparedCount.Store(0)
+}
+
+// Query runs sql with the simple protocol and returns the rows of each
+// result set in text form (NULL as ""). Like Exec, a server error leaves
+// the connection usable.
+func (c *Conn) Query(ctx context.Context, sql string) ([][][]string, error) {
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.nc.SetDeadline(dl)
+		defer c.nc.SetDeadline(time.Time{})
+	}
+	q := pgproto3.Query{String: sql}
+	buf, err := q.Encode(nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Write(buf); err != nil {
+		return nil, err
+	}
+	if err := c.Flush(); err != nil {
+		return nil, err
+	}
+	var sets [][][]string
+	var first error
+	for {
+		t, msg, err := c.Next()
+		if err != nil {
+			return nil, err
+		}
+		switch t {
+		case 'T':
+			sets = append(sets, nil)
+		case 'D':
+			var row pgproto3.DataRow
+			if err := row.Decode(msg[5:]); err != nil || len(sets) == 0 {
+				c.broken = true
+				return nil, errors.New("malformed DataRow")
+			}
+			vals := make([]string, len(row.Values))
+			for i, v := range row.Values {
+				vals[i] = string(v)
+			}
+			sets[len(sets)-1] = append(sets[len(sets)-1], vals)
+		case 'E':
+			var e pgproto3.ErrorResponse
+			if first == nil && e.Decode(msg[5:]) == nil {
+				first = pgconn.ErrorResponseToPgError(&e)
+			}
+		case 'Z':
+			if len(msg) != 6 || msg[5] != pgwire.TxIdle {
+				c.broken = true
+				if first == nil {
+					first = errors.New("server connection left in a transaction")
+				}
+			}
+			return sets, first
+		case 'G', 'H', 'W':
+			c.broken = true
+			return nil, errors.New("unexpected COPY from an internal statement")
+		}
+	}
+}
+
 // Reset returns the connection to a clean session with DISCARD ALL.
 func (c *Conn) Reset(ctx context.Context) error {
 	if err := c.Exec(ctx, "DISCARD ALL"); err != nil {
 		return err
 	}
 	clear(c.settings)
+	c.ForgetAllPrepared()
 	return nil
 }
 

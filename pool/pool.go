@@ -5,12 +5,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
 
@@ -79,6 +83,33 @@ type Pool struct {
 	timeouts     atomic.Int64
 	waitNanos    atomic.Int64
 	maxWaitNanos atomic.Int64
+
+	preparedHits      atomic.Int64
+	preparedMisses    atomic.Int64
+	preparedEvictions atomic.Int64
+	all               sync.Map // *Conn → struct{}: every open connection, for stats
+	// known holds server statement names that some connection of the pool
+	// prepared without error.
+	known *lru.Cache[string, struct{}]
+}
+
+// knownStatements bounds Pool.known.
+const knownStatements = 10000
+
+// KnownStatement reports whether a connection of the pool prepared the
+// statement name without error.
+func (p *Pool) KnownStatement(name string) bool {
+	_, ok := p.known.Get(name)
+	return ok
+}
+
+// AddKnownStatement records that the statement name prepared without error.
+func (p *Pool) AddKnownStatement(name string) { p.known.Add(name, struct{}{}) }
+
+func (p *Pool) maxPrepared() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return max(p.limits.MaxPreparedStatements, 1)
 }
 
 type waiter struct {
@@ -105,7 +136,12 @@ func New(cfg Config, log *zap.Logger) (*Pool, error) {
 	if pgc.RuntimeParams == nil {
 		pgc.RuntimeParams = map[string]string{}
 	}
+	known, err := lru.New[string, struct{}](knownStatements)
+	if err != nil {
+		return nil, err
+	}
 	p := &Pool{
+		known:  known,
 		cfg:    cfg,
 		log:    log.With(zap.String("backend", cfg.Addr), zap.String("database", cfg.Database), zap.String("user", cfg.User)),
 		pgc:    pgc,
@@ -322,6 +358,10 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 	if j := limits.MaxLifetimeJitter; j > 0 {
 		life += rand.N(j)
 	}
+	prepared, err := simplelru.NewLRU[string, struct{}](math.MaxInt32, nil)
+	if err != nil {
+		return nil, err
+	}
 	params := make(map[string]string, len(hj.ParameterStatuses))
 	for k, v := range hj.ParameterStatuses {
 		params[k] = v
@@ -335,10 +375,12 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 		secret:    hj.SecretKey,
 		params:    params,
 		settings:  map[string]string{},
+		prepared:  prepared,
 		createdAt: now,
 		expiresAt: now.Add(life),
 	}
 	p.created.Add(1)
+	p.all.Store(c, struct{}{})
 	return c, nil
 }
 
@@ -360,6 +402,7 @@ func rootCause(err error) error {
 
 func (p *Pool) closeConn(c *Conn) {
 	p.closedConns.Add(1)
+	p.all.Delete(c)
 	c.close()
 }
 
@@ -502,6 +545,21 @@ type Stats struct {
 	AcquireTimeouts int64         `json:"acquire_timeouts"`
 	AvgAcquireWait  time.Duration `json:"avg_acquire_wait_ns"`
 	MaxAcquireWait  time.Duration `json:"max_acquire_wait_ns"`
+
+	// Prepared statements in transaction mode: a hit finds the statement
+	// already prepared on the server connection, a miss prepares it.
+	PreparedHits      int64 `json:"prepared_hits"`
+	PreparedMisses    int64 `json:"prepared_misses"`
+	PreparedEvictions int64 `json:"prepared_evictions"`
+
+	Servers []ServerStats `json:"servers"`
+}
+
+// ServerStats describes one open server connection.
+type ServerStats struct {
+	PID       uint32    `json:"pid"`
+	Prepared  int64     `json:"prepared_statements"`
+	CreatedAt time.Time `json:"created_at"`
 }
 
 // Stats returns a snapshot of the pool.
@@ -522,5 +580,14 @@ func (p *Pool) Stats() Stats {
 		s.AvgAcquireWait = time.Duration(p.waitNanos.Load() / s.Acquires)
 	}
 	s.MaxAcquireWait = time.Duration(p.maxWaitNanos.Load())
+	s.PreparedHits = p.preparedHits.Load()
+	s.PreparedMisses = p.preparedMisses.Load()
+	s.PreparedEvictions = p.preparedEvictions.Load()
+	p.all.Range(func(k, _ any) bool {
+		c := k.(*Conn)
+		s.Servers = append(s.Servers, ServerStats{PID: c.pid, Prepared: c.preparedCount.Load(), CreatedAt: c.createdAt})
+		return true
+	})
+	sort.Slice(s.Servers, func(i, j int) bool { return s.Servers[i].PID < s.Servers[j].PID })
 	return s
 }

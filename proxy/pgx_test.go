@@ -259,28 +259,3 @@ func TestSessionModeResetsTheServerConnectionBeforeTheNextClient(t *testing.T) {
 	assert.Equal(t, `"$user", public`, path)
 	assert.Zero(t, prepared)
 }
-
-func TestTransactionModePinsAClientThatLeavesSessionState(t *testing.T) {
-	p := startProxy(t, transactionMode(2))
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	conn := connect(t, p.DSN("postgres", "postgres", ""), pgx.QueryExecModeSimpleProtocol)
-	_, err := conn.Exec(ctx, "SET search_path = pg_catalog")
-	require.NoError(t, err)
-	assert.Equal(t, 1, p.Server.Stats().PinnedClients["setting"])
-
-	// Another client's transactions use the other server connection and
-	// never see the setting.
-	other := connect(t, p.DSN("postgres", "postgres", ""), pgx.QueryExecModeSimpleProtocol)
-	for range 20 {
-		var path string
-		require.NoError(t, other.QueryRow(ctx, "SHOW search_path").Scan(&path))
-		assert.Equal(t, `"$user", public`, path)
-	}
-	var path string
-	require.NoError(t, conn.QueryRow(ctx, "SHOW search_path").Scan(&path))
-	assert.Equal(t, "pg_catalog", path)
-	require.NoError(t, conn.Close(ctx))
-	require.Eventually(t, func() bool { return len(p.Server.Stats().PinnedClients) == 0 }, 5*time.Second, 20*time.Millisecond)
-	assert.EqualValues(t, 1, p.Server.Stats().PinsTotal["setting"])
-}

@@ -14,6 +14,8 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/kproxy/kproxy/classify"
+
 	"github.com/kproxy/kproxy/config"
 	"github.com/kproxy/kproxy/pool"
 )
@@ -46,7 +48,8 @@ type counters struct {
 	accepted     atomic.Int64
 	loginsFailed atomic.Int64
 	cancels      atomic.Int64
-	pins         [8]atomic.Int64 // by classify.Effect
+	pins         [classify.NumEffects]atomic.Int64 // pins started, by reason
+	pinNanos     [classify.NumEffects]atomic.Int64 // time spent pinned (ended pins), by reason
 }
 
 // New returns a server that sends clients' statements to cluster. cfg must
@@ -226,14 +229,15 @@ func (s *Server) cancel(k cancelKey) {
 
 // Stats is a snapshot of the server's clients and counters.
 type Stats struct {
-	Clients          int              `json:"clients"`
-	ClientsAttached  int              `json:"clients_attached"`
-	Accepted         int64            `json:"connections_accepted"`
-	LoginsFailed     int64            `json:"logins_failed"`
-	CancelsForwarded int64            `json:"cancel_requests"`
-	PinnedClients    map[string]int   `json:"pinned_clients"`
-	PinsTotal        map[string]int64 `json:"pins_total"`
-	Pools            []pool.Stats     `json:"pools"`
+	Clients          int                `json:"clients"`
+	ClientsAttached  int                `json:"clients_attached"`
+	Accepted         int64              `json:"connections_accepted"`
+	LoginsFailed     int64              `json:"logins_failed"`
+	CancelsForwarded int64              `json:"cancel_requests"`
+	PinnedClients    map[string]int     `json:"pinned_clients"`
+	PinsTotal        map[string]int64   `json:"pins_total"`
+	PinSeconds       map[string]float64 `json:"pin_seconds_total"`
+	Pools            []pool.Stats       `json:"pools"`
 }
 
 // Stats returns a snapshot of the server and its pools.
@@ -244,6 +248,7 @@ func (s *Server) Stats() Stats {
 		CancelsForwarded: s.stats.cancels.Load(),
 		PinnedClients:    map[string]int{},
 		PinsTotal:        map[string]int64{},
+		PinSeconds:       map[string]float64{},
 		Pools:            s.cluster.Stats(),
 	}
 	s.mu.Lock()
@@ -264,7 +269,8 @@ func (s *Server) Stats() Stats {
 	}
 	for i := range s.stats.pins {
 		if n := s.stats.pins[i].Load(); n > 0 {
-			st.PinsTotal[effectName(i)] = n
+			st.PinsTotal[classify.Effect(i).String()] = n
+			st.PinSeconds[classify.Effect(i).String()] = time.Duration(s.stats.pinNanos[i].Load()).Seconds()
 		}
 	}
 	return st

@@ -51,28 +51,45 @@ type session struct {
 	wmu sync.Mutex
 	w   *bufio.Writer // guarded by wmu
 
-	// skipping is set after an error kproxy reported in the middle of an
-	// extended-protocol batch: messages are dropped until the next Sync, as
-	// Postgres does. Used by the client goroutine only.
-	skipping bool
+	// Used by the client goroutine only:
+	skipping  bool   // drop messages until Sync, after an error kproxy reported mid-batch
+	lastBound string // server statement of the latest Bind, for Execute
+	toServer  []byte // messages to write to the server connection
+	toClient  []byte // responses kproxy makes up, to write to the client
 
 	mu         sync.Mutex
-	server     *pool.Conn      // guarded by mu
-	serverDone chan struct{}   // guarded by mu; closed when relayServer returns
-	pending    int             // guarded by mu; Sync/Query/FunctionCall not yet answered by ReadyForQuery
-	inBatch    bool            // guarded by mu; extended-protocol messages sent since the last Sync
-	txStatus   byte            // guarded by mu; from the last ReadyForQuery
-	pin        classify.Effect // guarded by mu; why the server connection may not be detached
-	leaving    bool            // guarded by mu; the client is gone, relayServer must stop
+	server     *pool.Conn    // guarded by mu
+	serverDone chan struct{} // guarded by mu; closed when relayServer returns
+	// replies lists, in order, what the server owes for the messages sent
+	// to it and the responses kproxy must make up in between.
+	replies  []reply // guarded by mu
+	inBatch  bool    // guarded by mu; extended-protocol messages sent since the last Sync
+	txStatus byte    // guarded by mu; from the last ReadyForQuery
+	// stmts maps the client's named statements to server statements
+	// (transaction mode).
+	stmts map[string]*clientStmt // guarded by mu
+	// pin is why the server connection may not be detached; loaded is set
+	// once the client ran LOAD, which cannot be undone or checked.
+	pin      classify.Effect // guarded by mu
+	pinSince time.Time       // guarded by mu
+	loaded   bool            // guarded by mu
+	// dirtySettings and checkPins ask relayServer to read the session state
+	// back from the server at the next safe point; checking is non-nil
+	// while it does.
+	dirtySettings bool          // guarded by mu
+	checkPins     bool          // guarded by mu
+	checking      chan struct{} // guarded by mu
+	leaving       bool          // guarded by mu; the client is gone, relayServer must stop
 	// writing is set while the client goroutine writes to the server; a
 	// detach that happens meanwhile leaves the release to it.
 	writing           bool       // guarded by mu
+	written           sync.Cond  // on mu; signalled when writing ends
 	releaseAfterWrite *pool.Conn // guarded by mu
 	closed            bool       // guarded by mu
 }
 
 func newSession(srv *Server, cfg *config.Config, st *startup) *session {
-	return &session{
+	ss := &session{
 		srv:       srv,
 		log:       srv.log.With(zap.String("user", st.user), zap.String("database", st.database)),
 		nc:        st.nc,
@@ -84,7 +101,10 @@ func newSession(srv *Server, cfg *config.Config, st *startup) *session {
 		mode:      cfg.PoolFor(st.database, st.user).Mode,
 		negotiate: st.negotiateMessage(),
 		txStatus:  pgwire.TxIdle,
+		stmts:     map[string]*clientStmt{},
 	}
+	ss.written.L = &ss.mu
+	return ss
 }
 
 // writeNow encodes m and sends it to the client at once.
@@ -173,7 +193,10 @@ func (ss *session) acquire() (*pool.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := sc.Sync(ctx, ss.settings); err != nil {
+	ss.mu.Lock()
+	settings := ss.settings
+	ss.mu.Unlock()
+	if err := sc.Sync(ctx, settings); err != nil {
 		ss.pool.Release(sc) // Sync marked it broken; the pool closes it
 		return nil, err
 	}
@@ -191,232 +214,12 @@ func (ss *session) attach(sc *pool.Conn) {
 	go ss.relayServer(sc, done)
 }
 
-// run is the client goroutine: it reads client messages until the client
-// leaves, then gives the server connection back.
-func (ss *session) run() {
-	defer ss.close()
-	for {
-		t, msg, err := ss.rd.Next()
-		if err != nil {
-			if errors.Is(err, pgwire.ErrTooLarge) || errors.Is(err, pgwire.ErrMalformed) {
-				ss.fail(err)
-			}
-			return
-		}
-		var fwd forward
-		switch t {
-		case 'X':
-			return
-		case 'Q':
-			fwd = forward{sync: true, effect: classify.SessionEffect(cstring(msg[5:]))}
-		case 'P':
-			fwd = forward{batch: true, effect: parseEffect(msg[5:])}
-			if ss.mode == config.PoolModeTransaction && len(msg) > 5 && msg[5] != 0 {
-				// A named statement outlives the transaction.
-				fwd.effect = classify.EffectPrepare
-			}
-		case 'B', 'E', 'D', 'C', 'H':
-			fwd = forward{batch: true}
-		case 'S', 'F':
-			fwd = forward{sync: true}
-		case 'd', 'c', 'f':
-			// Copy messages outside COPY are ignored, as Postgres does.
-			ss.mu.Lock()
-			attached := ss.server != nil
-			ss.mu.Unlock()
-			if !attached {
-				continue
-			}
-		default:
-			ss.fail(fatalf(codeProtocolViolation, "invalid frontend message type %d", t))
-			return
-		}
-		if ss.skipping {
-			if t == 'S' {
-				ss.skipping = false
-				ss.writeClient(pgwire.ReadyForQuery(ss.currentTxStatus()), true)
-			}
-			continue
-		}
-		if !ss.forward(t, msg, fwd) {
-			return
-		}
-	}
-}
-
-// forward says how a client message changes the session's state.
-type forward struct {
-	sync   bool            // answered by ReadyForQuery
-	batch  bool            // part of an extended-protocol batch
-	effect classify.Effect // session state it leaves on the server
-}
-
-// forward sends one client message to the server connection, attaching one
-// first if needed. It returns false when the session must end.
-func (ss *session) forward(t byte, msg []byte, f forward) bool {
-	ss.mu.Lock()
-	sc := ss.server
-	if sc == nil {
-		ss.mu.Unlock()
-		var err error
-		sc, err = ss.acquire()
-		if err != nil {
-			return ss.attachFailed(t, err)
-		}
-		ss.attach(sc)
-		ss.mu.Lock()
-	}
-	if f.sync {
-		ss.pending++
-		ss.inBatch = false
-	} else if f.batch {
-		ss.inBatch = true
-	}
-	if f.effect != classify.EffectNone && ss.pin == classify.EffectNone && ss.mode == config.PoolModeTransaction {
-		ss.pin = f.effect
-		ss.srv.stats.pins[f.effect].Add(1)
-		ss.log.Debug("client pinned to its server connection", zap.Stringer("reason", f.effect))
-	}
-	ss.writing = true
-	ss.mu.Unlock()
-
-	err := sc.Write(msg)
-	if err == nil && ss.rd.Buffered() == 0 {
-		err = sc.Flush()
-	}
-
-	// The answer may have come back, and the connection been detached,
-	// before Flush returned; the release then waited for us.
-	ss.mu.Lock()
-	ss.writing = false
-	rel := ss.releaseAfterWrite
-	ss.releaseAfterWrite = nil
-	ss.mu.Unlock()
-	if rel != nil {
-		ss.pool.Release(rel)
-	}
-	if err != nil {
-		ss.fail(&Error{Severity: severityFatal, Code: codeConnectionFailure, Message: "lost connection to the server", Err: err})
-		return false
-	}
-	return true
-}
-
-// attachFailed reports a failure to get a server connection the way
-// Postgres reports an error at that point of the protocol.
-func (ss *session) attachFailed(t byte, err error) bool {
-	ss.log.Info("no server connection for client", zap.Error(err))
-	buf := encodeError(nil, err)
-	switch t {
-	case 'Q', 'S', 'F':
-		buf = append(buf, pgwire.ReadyForQuery(ss.currentTxStatus())...)
-	default:
-		ss.skipping = true
-	}
-	return ss.writeClient(buf, true) == nil
-}
-
-func (ss *session) currentTxStatus() byte {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	return ss.txStatus
-}
-
-// writeClient writes raw bytes to the client, flushing when asked.
-func (ss *session) writeClient(b []byte, flush bool) error {
-	ss.wmu.Lock()
-	defer ss.wmu.Unlock()
-	if _, err := ss.w.Write(b); err != nil {
-		return err
-	}
-	if flush {
-		return ss.w.Flush()
-	}
-	return nil
-}
-
-func (ss *session) flushClient() error {
-	ss.wmu.Lock()
-	defer ss.wmu.Unlock()
-	return ss.w.Flush()
-}
-
-// relayServer is the server goroutine: it forwards server messages to the
-// client until the connection is detached, the client leaves, or the server
-// connection fails.
-func (ss *session) relayServer(sc *pool.Conn, done chan struct{}) {
-	defer close(done)
-	for {
-		t, msg, err := sc.Next()
-		if err != nil {
-			ss.mu.Lock()
-			leaving := ss.leaving
-			ss.mu.Unlock()
-			if !leaving {
-				ss.log.Info("server connection lost", zap.Uint32("server_pid", sc.PID()), zap.Error(err))
-				ss.kill(&Error{Severity: severityFatal, Code: codeConnectionFailure,
-					Message: "server closed the connection unexpectedly", Err: err})
-			}
-			return
-		}
-		if t != 'Z' {
-			if ss.writeClient(msg, sc.Buffered() == 0) != nil {
-				sc.MarkBroken()
-				ss.closeConn()
-				return
-			}
-			continue
-		}
-		if len(msg) != 6 {
-			sc.MarkBroken()
-			ss.kill(fatalf(codeProtocolViolation, "server sent a malformed ReadyForQuery"))
-			return
-		}
-		st := msg[5]
-		ss.mu.Lock()
-		if ss.pending > 0 {
-			ss.pending--
-		}
-		ss.txStatus = st
-		idle := ss.pending == 0 && !ss.inBatch && st == pgwire.TxIdle
-		detach := idle && ss.mode == config.PoolModeTransaction && ss.pin == classify.EffectNone && !ss.leaving
-		release := detach
-		if detach {
-			ss.server = nil
-			ss.serverDone = nil
-			if ss.writing {
-				ss.releaseAfterWrite = sc
-				release = false
-			}
-		}
-		ss.mu.Unlock()
-		// msg belongs to sc's reader, which is not ours once detached.
-		werr := ss.writeClient(pgwire.ReadyForQuery(st), false)
-		if release {
-			ss.pool.Release(sc)
-		}
-		if werr == nil {
-			werr = ss.flushClient()
-		}
-		if idle && ss.srv.isDraining() {
-			ss.kill(fatalf(codeAdminShutdown, "terminating connection because kproxy is shutting down"))
-		}
-		if detach {
-			return
-		}
-		if werr != nil {
-			ss.closeConn()
-			return
-		}
-	}
-}
-
 // cancelRunning forwards a cancel request to the server connection if the
 // client is waiting for an answer on it.
 func (ss *session) cancelRunning(ctx context.Context) error {
 	ss.mu.Lock()
 	sc := ss.server
-	busy := ss.pending > 0 || ss.inBatch
+	busy := len(ss.replies) > 0 || ss.inBatch
 	ss.mu.Unlock()
 	if sc == nil || !busy {
 		return nil
@@ -428,7 +231,7 @@ func (ss *session) cancelRunning(ctx context.Context) error {
 // server goroutine ends it at the next idle ReadyForQuery.
 func (ss *session) closeIfIdle() {
 	ss.mu.Lock()
-	idle := ss.pending == 0 && !ss.inBatch && ss.txStatus == pgwire.TxIdle
+	idle := ss.idleLocked()
 	ss.mu.Unlock()
 	if idle {
 		ss.kill(fatalf(codeAdminShutdown, "terminating connection because kproxy is shutting down"))
@@ -479,15 +282,24 @@ func (ss *session) close() {
 	if sc == nil {
 		return
 	}
-	// Stop the server goroutine without closing the server connection.
-	_ = sc.SetReadDeadline(time.Now())
-	<-done
+	// Stop the server goroutine without closing the server connection. It
+	// may be reading back session state, which sets deadlines of its own,
+	// so insist until it has stopped.
+	for stopped := false; !stopped; {
+		_ = sc.SetReadDeadline(time.Now())
+		select {
+		case <-done:
+			stopped = true
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 	_ = sc.SetReadDeadline(time.Time{})
 
 	ss.mu.Lock()
-	clean := ss.pending == 0 && !ss.inBatch && ss.txStatus == pgwire.TxIdle
+	clean := ss.idleLocked() && ss.checking == nil
 	ss.server = nil
-	pinned := ss.pin != classify.EffectNone
+	pinned := ss.pin != classify.EffectNone || ss.loaded
+	ss.endPinLocked()
 	ss.mu.Unlock()
 	if !clean {
 		// A statement may still be running or a transaction open; closing
@@ -503,15 +315,6 @@ func (ss *session) close() {
 	ss.pool.Release(sc)
 }
 
-// parseEffect classifies the query text of a Parse message body.
-func parseEffect(body []byte) classify.Effect {
-	i := bytes.IndexByte(body, 0)
-	if i < 0 {
-		return classify.EffectNone
-	}
-	return classify.SessionEffect(cstring(body[i+1:]))
-}
-
 // cstring returns the NUL-terminated string at the start of b.
 func cstring(b []byte) string {
 	if i := bytes.IndexByte(b, 0); i >= 0 {
@@ -519,5 +322,3 @@ func cstring(b []byte) string {
 	}
 	return string(b)
 }
-
-func effectName(i int) string { return classify.Effect(i).String() }

@@ -157,12 +157,14 @@ func (st *startup) parseParams(b []byte) error {
 				return err
 			}
 			for ok, ov := range opts {
-				st.settings[ok] = ov
+				st.settings[strings.ToLower(ok)] = ov
 			}
 		case strings.HasPrefix(k, "_pq_."):
 			st.unknown = append(st.unknown, k)
 		default:
-			st.settings[k] = v
+			// Setting names are case-insensitive; one spelling keeps the
+			// maps kproxy compares consistent.
+			st.settings[strings.ToLower(k)] = v
 		}
 	}
 	if st.user == "" {

@@ -1,0 +1,766 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"go.uber.org/zap"
+
+	"github.com/kproxy/kproxy/classify"
+	"github.com/kproxy/kproxy/config"
+	"github.com/kproxy/kproxy/internal/pgwire"
+	"github.com/kproxy/kproxy/pool"
+)
+
+// replyKind says what to do with the server's answer to one message, or
+// which answer kproxy makes up itself at that point of the stream.
+type replyKind uint8
+
+const (
+	replyForward       replyKind = iota // the server answers a client message: forward the answer
+	replySwallow                        // the server answers a message kproxy added: drop it, but pass errors on
+	replyParseComplete                  // make up ParseComplete: the statement was already prepared
+	replyCloseComplete                  // make up CloseComplete: the server statement stays for others
+	replyError                          // make up the ErrorResponse in frame
+	replyDeallocate                     // make up the answer to a DEALLOCATE of a protocol-level statement
+)
+
+// reply is one entry of a session's reply queue.
+type reply struct {
+	kind     replyKind
+	msg      byte        // frontend message type the server answers
+	stmt     string      // server statement a Parse prepares, a Close closes, or a Bind/Execute uses
+	client   string      // client statement a Parse defines or a Close removed
+	saved    *clientStmt // statement a made-up CloseComplete removed, restored if its batch fails
+	frame    []byte      // replyError's ErrorResponse
+	dropsAll bool        // a Query with DEALLOCATE ALL or DISCARD ALL
+	failed   bool        // an ErrorResponse arrived for it
+}
+
+func (r *reply) fromServer() bool { return r.kind <= replySwallow }
+
+// ends reports whether server message t completes the answer to frontend
+// message msg (errors aside).
+func ends(msg, t byte) bool {
+	switch msg {
+	case 'P':
+		return t == '1'
+	case 'B':
+		return t == '2'
+	case 'D':
+		return t == 'T' || t == 'n'
+	case 'E':
+		return t == 'C' || t == 'I' || t == 's'
+	case 'C':
+		return t == '3'
+	default: // Sync, Query, FunctionCall
+		return t == 'Z'
+	}
+}
+
+// extended reports whether an error answering msg makes the server skip
+// everything up to the next Sync.
+func extended(msg byte) bool {
+	return msg == 'P' || msg == 'B' || msg == 'D' || msg == 'E' || msg == 'C'
+}
+
+// run is the client goroutine: it reads client messages until the client
+// leaves, then gives the server connection back.
+func (ss *session) run() {
+	defer ss.close()
+	for {
+		t, msg, err := ss.rd.Next()
+		if err != nil {
+			if errors.Is(err, pgwire.ErrTooLarge) || errors.Is(err, pgwire.ErrMalformed) {
+				ss.fail(err)
+			}
+			return
+		}
+		switch t {
+		case 'X':
+			return
+		case 'Q', 'P', 'B', 'E', 'D', 'C', 'H', 'S', 'F', 'd', 'c', 'f':
+			if !ss.handle(t, msg) {
+				return
+			}
+		default:
+			ss.fail(fatalf(codeProtocolViolation, "invalid frontend message type %d", t))
+			return
+		}
+	}
+}
+
+// handle plans what one client message becomes (messages to the server,
+// entries in the reply queue, answers kproxy makes up), attaching a server
+// connection first if needed, and writes it out. It returns false when the
+// session must end.
+func (ss *session) handle(t byte, msg []byte) bool {
+	ss.mu.Lock()
+	for ss.checking != nil {
+		ch := ss.checking
+		ss.mu.Unlock()
+		<-ch
+		ss.mu.Lock()
+	}
+	if ss.skipping && t != 'S' {
+		ss.mu.Unlock()
+		return true
+	}
+	sc := ss.server
+	if sc == nil {
+		switch {
+		case t == 'd' || t == 'c' || t == 'f' || t == 'H':
+			// Copy messages outside COPY are ignored, as Postgres does;
+			// Flush has nothing to flush.
+			ss.mu.Unlock()
+			return true
+		case t == 'S': // a batch that never needed a server
+			ss.skipping = false
+			ss.inBatch = false
+			rfq := pgwire.ReadyForQuery(ss.txStatus)
+			ss.mu.Unlock()
+			return ss.writeClient(rfq, true) == nil
+		}
+		if out, ok := ss.answerLocallyLocked(t, msg); ok {
+			ss.mu.Unlock()
+			return ss.writeClient(out, ss.rd.Buffered() == 0) == nil
+		}
+		ss.mu.Unlock()
+		var err error
+		sc, err = ss.acquire()
+		if err != nil {
+			return ss.attachFailed(t, err)
+		}
+		ss.attach(sc)
+		ss.mu.Lock()
+	}
+	if t == 'S' {
+		ss.skipping = false
+	}
+	if err := ss.planLocked(sc, t, msg); err != nil {
+		ss.mu.Unlock()
+		ss.fail(err)
+		return false
+	}
+	toServer, toClient := ss.toServer, ss.toClient
+	flush := ss.rd.Buffered() == 0
+	ss.writing = len(toServer) > 0 || flush
+	if len(toClient) > 0 {
+		ss.wmu.Lock() // before unlocking mu: keeps answers in queue order
+	}
+	ss.mu.Unlock()
+
+	var cerr error
+	if len(toClient) > 0 {
+		_, cerr = ss.w.Write(toClient)
+		if cerr == nil && flush {
+			cerr = ss.w.Flush()
+		}
+		ss.wmu.Unlock()
+	}
+	var err error
+	if len(toServer) > 0 {
+		err = sc.Write(toServer)
+	}
+	if err == nil && flush {
+		err = sc.Flush()
+	}
+	ss.toServer, ss.toClient = toServer[:0], toClient[:0]
+
+	// The answer may have come back, and the connection been detached,
+	// before Flush returned; the release then waited for us.
+	ss.mu.Lock()
+	ss.writing = false
+	ss.written.Broadcast()
+	rel := ss.releaseAfterWrite
+	ss.releaseAfterWrite = nil
+	ss.mu.Unlock()
+	if rel != nil {
+		ss.pool.Release(rel)
+	}
+	if err != nil {
+		ss.fail(&Error{Severity: severityFatal, Code: codeConnectionFailure, Message: "lost connection to the server", Err: err})
+		return false
+	}
+	return cerr == nil
+}
+
+// answerLocallyLocked answers, without a server connection, a client's
+// Parse of a statement the pool has already prepared successfully and a
+// Close of a named statement. Drivers that prepare synchronously (pgbench
+// -M prepared, for one) would otherwise need a free server connection just
+// to learn what kproxy already knows.
+func (ss *session) answerLocallyLocked(t byte, msg []byte) ([]byte, bool) {
+	if ss.mode != config.PoolModeTransaction {
+		return nil, false
+	}
+	body := msg[5:]
+	switch t {
+	case 'P':
+		name, query, types, ok := splitParse(body)
+		if !ok || len(name) == 0 {
+			return nil, false
+		}
+		if _, dup := ss.stmts[string(name)]; dup {
+			return nil, false
+		}
+		cs := newClientStmt(query, types, ss.settings["search_path"])
+		if !ss.pool.KnownStatement(cs.server) {
+			return nil, false
+		}
+		ss.inBatch = true
+		ss.noteSQLLocked(classify.ScanSession(string(query)))
+		ss.stmts[string(name)] = cs
+		return []byte{'1', 0, 0, 0, 4}, true
+	case 'C':
+		if len(body) < 2 || body[0] != 'S' || body[1] == 0 {
+			return nil, false
+		}
+		ss.inBatch = true
+		delete(ss.stmts, cstring(body[1:]))
+		return []byte{'3', 0, 0, 0, 4}, true
+	}
+	return nil, false
+}
+
+// planLocked turns client message t into ss.toServer, ss.toClient and reply
+// queue entries. In transaction mode it maps the client's named statements
+// to server statements, preparing them on sc when sc lacks them.
+func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
+	tx := ss.mode == config.PoolModeTransaction
+	body := msg[5:]
+	switch t {
+	case 'P':
+		ss.inBatch = true
+		name, query, types, ok := splitParse(body)
+		if !ok {
+			return fatalf(codeProtocolViolation, "invalid Parse message")
+		}
+		if tx {
+			ss.noteSQLLocked(classify.ScanSession(string(query)))
+		}
+		if !tx || len(name) == 0 {
+			ss.send(msg, reply{kind: replyForward, msg: 'P'})
+			return nil
+		}
+		n := string(name)
+		if _, dup := ss.stmts[n]; dup {
+			ss.madeUpErrorLocked(&Error{Severity: severityError, Code: "42P05", Message: fmt.Sprintf("prepared statement %q already exists", n)})
+			return nil
+		}
+		cs := newClientStmt(query, types, ss.settings["search_path"])
+		ss.stmts[n] = cs
+		if sc.HasPrepared(cs.server) {
+			ss.enqueueLocked(reply{kind: replyParseComplete, client: n})
+			return nil
+		}
+		ss.prepareLocked(sc, cs, reply{kind: replyForward, msg: 'P', stmt: cs.server, client: n})
+	case 'B':
+		ss.inBatch = true
+		name, start, end, ok := bindStatement(body)
+		if !ok {
+			return fatalf(codeProtocolViolation, "invalid Bind message")
+		}
+		if !tx || len(name) == 0 {
+			ss.lastBound = ""
+			ss.send(msg, reply{kind: replyForward, msg: 'B'})
+			return nil
+		}
+		cs := ss.lookupLocked(sc, string(name))
+		if cs == nil {
+			return nil
+		}
+		ss.toServer = replaceRange(ss.toServer, 'B', body, start, end, cs.server)
+		ss.replies = append(ss.replies, reply{kind: replyForward, msg: 'B', stmt: cs.server})
+		ss.lastBound = cs.server
+	case 'D', 'C':
+		ss.inBatch = true
+		if !tx || len(body) < 2 || body[0] != 'S' || body[1] == 0 {
+			ss.send(msg, reply{kind: replyForward, msg: t})
+			return nil
+		}
+		n := cstring(body[1:])
+		if t == 'C' {
+			saved := ss.stmts[n]
+			delete(ss.stmts, n)
+			ss.enqueueLocked(reply{kind: replyCloseComplete, client: n, saved: saved})
+			return nil
+		}
+		cs := ss.lookupLocked(sc, n)
+		if cs == nil {
+			return nil
+		}
+		ss.toServer = replaceRange(ss.toServer, 'D', body, 1, 1+len(n), cs.server)
+		ss.replies = append(ss.replies, reply{kind: replyForward, msg: 'D', stmt: cs.server})
+	case 'E':
+		ss.inBatch = true
+		ss.send(msg, reply{kind: replyForward, msg: 'E', stmt: ss.lastBound})
+	case 'S':
+		ss.inBatch = false
+		ss.send(msg, reply{kind: replyForward, msg: 'S'})
+	case 'Q':
+		r := reply{kind: replyForward, msg: 'Q'}
+		if tx {
+			scan := classify.ScanSession(cstring(body))
+			ss.noteSQLLocked(scan)
+			if _, ok := ss.stmts[scan.Deallocate]; ok && scan.Deallocate != "" {
+				delete(ss.stmts, scan.Deallocate)
+				ss.enqueueLocked(reply{kind: replyDeallocate})
+				return nil
+			}
+			if scan.DropsAllStatements {
+				clear(ss.stmts)
+				r.dropsAll = true
+			}
+		}
+		ss.send(msg, r)
+	case 'F':
+		ss.send(msg, reply{kind: replyForward, msg: 'F'})
+	default: // Flush and copy messages are not answered on their own
+		ss.toServer = append(ss.toServer, msg...)
+	}
+	return nil
+}
+
+func (ss *session) send(msg []byte, r reply) {
+	ss.toServer = append(ss.toServer, msg...)
+	ss.replies = append(ss.replies, r)
+}
+
+// lookupLocked returns the client's statement name, prepared on sc, or
+// reports that it does not exist and returns nil.
+func (ss *session) lookupLocked(sc *pool.Conn, name string) *clientStmt {
+	cs := ss.stmts[name]
+	if cs == nil {
+		ss.madeUpErrorLocked(&Error{Severity: severityError, Code: "26000", Message: fmt.Sprintf("prepared statement %q does not exist", name)})
+		return nil
+	}
+	if !sc.HasPrepared(cs.server) {
+		ss.prepareLocked(sc, cs, reply{kind: replySwallow, msg: 'P', stmt: cs.server})
+	}
+	return cs
+}
+
+// prepareLocked sends cs's Parse to sc, first closing what it replaces: a
+// stale version of the statement and the least recently used statements
+// beyond the connection's limit.
+func (ss *session) prepareLocked(sc *pool.Conn, cs *clientStmt, r reply) {
+	if sc.IsStale(cs.server) {
+		ss.closeOnServerLocked(cs.server)
+	}
+	for _, old := range sc.AddPrepared(cs.server) {
+		ss.closeOnServerLocked(old)
+	}
+	ss.send(cs.parse, r)
+}
+
+func (ss *session) closeOnServerLocked(name string) {
+	ss.toServer = closeStmtFrame(ss.toServer, name)
+	ss.replies = append(ss.replies, reply{kind: replySwallow, msg: 'C', stmt: name})
+}
+
+// enqueueLocked adds an answer kproxy makes up; with nothing owed by the
+// server before it, it goes out at once.
+func (ss *session) enqueueLocked(r reply) {
+	if len(ss.replies) == 0 {
+		ss.toClient = ss.madeUpFrameLocked(ss.toClient, &r)
+		return
+	}
+	ss.replies = append(ss.replies, r)
+}
+
+// madeUpErrorLocked reports e at this point of the batch; like Postgres,
+// kproxy then ignores the client's messages up to Sync.
+func (ss *session) madeUpErrorLocked(e *Error) {
+	ss.enqueueLocked(reply{kind: replyError, frame: encodeError(nil, e)})
+	ss.skipping = true
+}
+
+func (ss *session) madeUpFrameLocked(dst []byte, r *reply) []byte {
+	switch r.kind {
+	case replyParseComplete:
+		return append(dst, '1', 0, 0, 0, 4)
+	case replyCloseComplete:
+		return append(dst, '3', 0, 0, 0, 4)
+	case replyError:
+		return append(dst, r.frame...)
+	case replyDeallocate:
+		dst, _ = (&pgproto3.CommandComplete{CommandTag: []byte("DEALLOCATE")}).Encode(dst)
+		return append(dst, pgwire.ReadyForQuery(ss.txStatus)...)
+	}
+	return dst
+}
+
+// takeMadeUpLocked appends the made-up answers now at the head of the queue.
+func (ss *session) takeMadeUpLocked(dst []byte) []byte {
+	i := 0
+	for i < len(ss.replies) && !ss.replies[i].fromServer() {
+		dst = ss.madeUpFrameLocked(dst, &ss.replies[i])
+		i++
+	}
+	ss.popLocked(i)
+	return dst
+}
+
+func (ss *session) popLocked(n int) {
+	if n == 0 {
+		return
+	}
+	clear(ss.replies[:n])
+	ss.replies = ss.replies[n:]
+	if len(ss.replies) == 0 {
+		ss.replies = ss.replies[:0:0]
+	}
+}
+
+// noteSQLLocked records what a statement may do to the session, to be
+// checked at the next safe point.
+func (ss *session) noteSQLLocked(scan classify.Session) {
+	if scan.Settings {
+		ss.dirtySettings = true
+	}
+	switch {
+	case scan.Pin == classify.EffectLoad:
+		ss.loaded = true
+		ss.setPinLocked(classify.EffectLoad)
+	case scan.Pin != classify.EffectNone:
+		ss.checkPins = true
+	case scan.MayRelease && ss.pin != classify.EffectNone:
+		ss.checkPins = true
+	}
+}
+
+// failBatchLocked handles an ErrorResponse to the extended-protocol message
+// at the head of the queue: the server skips everything up to the next
+// Sync, so the queue entries up to it are dropped and what they would have
+// done is undone.
+func (ss *session) failBatchLocked(sc *pool.Conn) {
+	i := 0
+	for ; i < len(ss.replies); i++ {
+		r := &ss.replies[i]
+		if i > 0 && r.fromServer() && r.msg == 'S' {
+			break
+		}
+		ss.undoLocked(sc, r)
+	}
+	ss.popLocked(i)
+	if len(ss.replies) == 0 {
+		// The Sync is still to come: drop everything until then.
+		ss.skipping = true
+	}
+}
+
+func (ss *session) undoLocked(sc *pool.Conn, r *reply) {
+	switch {
+	case r.kind == replyParseComplete:
+		delete(ss.stmts, r.client)
+	case r.kind == replyCloseComplete && r.saved != nil:
+		ss.stmts[r.client] = r.saved
+	case r.fromServer() && r.msg == 'P' && r.stmt != "":
+		sc.ForgetPrepared(r.stmt)
+		if cs := ss.stmts[r.client]; r.client != "" && cs != nil && cs.server == r.stmt {
+			delete(ss.stmts, r.client)
+		}
+	case r.kind == replySwallow && r.msg == 'C':
+		// The server skipped the Close: the statement is still there.
+		sc.CloseLater(r.stmt)
+	}
+}
+
+// noteErrorLocked looks at an ErrorResponse for the head of the queue: a
+// statement whose result type changed under it is prepared afresh next time.
+func (ss *session) noteErrorLocked(sc *pool.Conn, r *reply, msg []byte) {
+	r.failed = true
+	if r.stmt == "" || (r.msg != 'B' && r.msg != 'E') {
+		return
+	}
+	var e pgproto3.ErrorResponse
+	if e.Decode(msg[5:]) == nil && e.Code == "0A000" && strings.Contains(e.Message, "cached plan must not change result type") {
+		sc.MarkStale(r.stmt)
+	}
+}
+
+// relayServer is the server goroutine: it forwards server messages to the
+// client, following the reply queue, until the connection is detached, the
+// client leaves, or the server connection fails.
+func (ss *session) relayServer(sc *pool.Conn, done chan struct{}) {
+	defer close(done)
+	var post []byte
+	for {
+		t, msg, err := sc.Next()
+		if err != nil {
+			ss.mu.Lock()
+			leaving := ss.leaving
+			ss.mu.Unlock()
+			if !leaving {
+				ss.log.Info("server connection lost", zap.Uint32("server_pid", sc.PID()), zap.Error(err))
+				ss.kill(&Error{Severity: severityFatal, Code: codeConnectionFailure,
+					Message: "server closed the connection unexpectedly", Err: err})
+			}
+			return
+		}
+		switch t {
+		case '1', '2', '3', 'n', 'T', 'C', 'I', 's', 'E', 'Z':
+		default: // rows, copy data, notices: never the end of an answer
+			if ss.writeClient(msg, sc.Buffered() == 0) != nil {
+				sc.MarkBroken()
+				ss.closeConn()
+				return
+			}
+			continue
+		}
+
+		ss.mu.Lock()
+		forward := true
+		if len(ss.replies) > 0 {
+			head := &ss.replies[0]
+			switch {
+			case t == 'E':
+				ss.noteErrorLocked(sc, head, msg)
+				if extended(head.msg) {
+					ss.failBatchLocked(sc)
+				}
+			case ends(head.msg, t):
+				forward = head.kind == replyForward
+				if t == '1' && head.stmt != "" {
+					ss.pool.AddKnownStatement(head.stmt)
+				}
+				if head.dropsAll {
+					sc.ForgetAllPrepared()
+					if head.failed {
+						sc.MarkBroken() // which statements survived is unknown
+					}
+				}
+				ss.popLocked(1)
+			default:
+				forward = head.kind == replyForward
+			}
+		}
+		if t != 'Z' {
+			post = ss.takeMadeUpLocked(post[:0])
+			ss.wmu.Lock()
+			ss.mu.Unlock()
+			var werr error
+			if forward {
+				_, werr = ss.w.Write(msg)
+			}
+			if werr == nil && len(post) > 0 {
+				_, werr = ss.w.Write(post)
+			}
+			if werr == nil && sc.Buffered() == 0 {
+				werr = ss.w.Flush()
+			}
+			ss.wmu.Unlock()
+			if werr != nil {
+				sc.MarkBroken()
+				ss.closeConn()
+				return
+			}
+			continue
+		}
+		if len(msg) != 6 {
+			ss.mu.Unlock()
+			sc.MarkBroken()
+			ss.kill(fatalf(codeProtocolViolation, "server sent a malformed ReadyForQuery"))
+			return
+		}
+		if !ss.readyForQueryLocked(sc, msg[5], &post) {
+			return
+		}
+	}
+}
+
+// readyForQueryLocked handles a ReadyForQuery with status st: at the safe
+// point of transaction mode it reads back session state if needed and
+// detaches the connection. It unlocks mu, and returns false when
+// relayServer must stop.
+func (ss *session) readyForQueryLocked(sc *pool.Conn, st byte, post *[]byte) bool {
+	ss.txStatus = st
+	*post = ss.takeMadeUpLocked((*post)[:0])
+	tx := ss.mode == config.PoolModeTransaction
+	safe := ss.idleLocked()
+	if safe && tx && !ss.leaving && (ss.dirtySettings || ss.checkPins) {
+		ch := make(chan struct{})
+		ss.checking = ch
+		// The client goroutine may still be returning from its Flush.
+		for ss.writing {
+			ss.written.Wait()
+		}
+		ss.mu.Unlock()
+		ss.checkSession(sc)
+		ss.mu.Lock()
+		ss.checking = nil
+		close(ch)
+	}
+	detach := safe && tx && ss.pin == classify.EffectNone && !ss.leaving
+	release := detach
+	if detach {
+		ss.server = nil
+		ss.serverDone = nil
+		if ss.writing {
+			ss.releaseAfterWrite = sc
+			release = false
+		}
+	}
+	ss.wmu.Lock()
+	ss.mu.Unlock()
+	_, werr := ss.w.Write(pgwire.ReadyForQuery(st))
+	if werr == nil && len(*post) > 0 {
+		_, werr = ss.w.Write(*post)
+	}
+	if release {
+		ss.pool.Release(sc)
+	}
+	if werr == nil {
+		werr = ss.w.Flush()
+	}
+	ss.wmu.Unlock()
+	if safe && ss.srv.isDraining() {
+		ss.kill(fatalf(codeAdminShutdown, "terminating connection because kproxy is shutting down"))
+	}
+	if detach {
+		return false
+	}
+	if werr != nil {
+		sc.MarkBroken()
+		ss.closeConn()
+		return false
+	}
+	return true
+}
+
+func (ss *session) idleLocked() bool {
+	return len(ss.replies) == 0 && !ss.inBatch && ss.txStatus == pgwire.TxIdle
+}
+
+// pinCheckSQL counts, in order, the state that pins a client: LISTEN
+// channels, session advisory locks, temporary relations, WITH HOLD cursors
+// and SQL-level prepared statements.
+const pinCheckSQL = `SELECT (SELECT count(*) FROM pg_catalog.pg_listening_channels()),
+ (SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()),
+ (SELECT count(*) FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()),
+ (SELECT count(*) FROM pg_catalog.pg_cursors WHERE is_holdable),
+ (SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql);`
+
+var pinOrder = [...]classify.Effect{classify.EffectListen, classify.EffectAdvisoryLock,
+	classify.EffectTempTable, classify.EffectHoldCursor, classify.EffectPrepare}
+
+const settingsSQL = `SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session';`
+
+// checkSession reads back from the server, at a safe point, whether the
+// client still holds state that pins it and which settings its session has
+// now, so that they can follow it to other server connections.
+func (ss *session) checkSession(sc *pool.Conn) {
+	ss.mu.Lock()
+	pins, settings := ss.checkPins, ss.dirtySettings
+	ss.checkPins, ss.dirtySettings = false, false
+	ss.mu.Unlock()
+	var q strings.Builder
+	if pins {
+		q.WriteString(pinCheckSQL)
+	}
+	if settings {
+		q.WriteString(settingsSQL)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sets, err := sc.Query(ctx, q.String())
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if err != nil || len(sets) != btoi(pins)+btoi(settings) {
+		ss.log.Warn("could not read back session state; keeping the client on its server connection", zap.Error(err))
+		if ss.pin == classify.EffectNone {
+			ss.setPinLocked(classify.EffectSetting)
+		}
+		return
+	}
+	if pins {
+		pin := classify.EffectNone
+		if row := sets[0]; len(row) == 1 && len(row[0]) == len(pinOrder) {
+			for i, e := range pinOrder {
+				if row[0][i] != "0" {
+					pin = e
+					break
+				}
+			}
+		}
+		if ss.loaded {
+			pin = classify.EffectLoad
+		}
+		ss.setPinLocked(pin)
+		sets = sets[1:]
+	}
+	if settings {
+		m := make(map[string]string, len(sets[0]))
+		for _, row := range sets[0] {
+			if len(row) == 2 {
+				m[strings.ToLower(row[0])] = row[1]
+			}
+		}
+		ss.settings = m
+		sc.SetSettings(m)
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// setPinLocked changes the pin, counting pins and their durations.
+func (ss *session) setPinLocked(e classify.Effect) {
+	if e == ss.pin {
+		return
+	}
+	ss.endPinLocked()
+	ss.pin = e
+	if e != classify.EffectNone {
+		ss.pinSince = time.Now()
+		ss.srv.stats.pins[e].Add(1)
+		ss.log.Debug("client pinned to its server connection", zap.Stringer("reason", e))
+	}
+}
+
+// endPinLocked ends the current pin, if any.
+func (ss *session) endPinLocked() {
+	if ss.pin == classify.EffectNone {
+		return
+	}
+	ss.srv.stats.pinNanos[ss.pin].Add(int64(time.Since(ss.pinSince)))
+	ss.pin = classify.EffectNone
+}
+
+// attachFailed reports a failure to get a server connection the way
+// Postgres reports an error at that point of the protocol.
+func (ss *session) attachFailed(t byte, err error) bool {
+	ss.log.Info("no server connection for client", zap.Error(err))
+	buf := encodeError(nil, err)
+	ss.mu.Lock()
+	switch t {
+	case 'Q', 'S', 'F':
+		buf = append(buf, pgwire.ReadyForQuery(ss.txStatus)...)
+	default:
+		ss.skipping = true
+	}
+	ss.mu.Unlock()
+	return ss.writeClient(buf, true) == nil
+}
+
+// writeClient writes raw bytes to the client, flushing when asked.
+func (ss *session) writeClient(b []byte, flush bool) error {
+	ss.wmu.Lock()
+	defer ss.wmu.Unlock()
+	if _, err := ss.w.Write(b); err != nil {
+		return err
+	}
+	if flush {
+		return ss.w.Flush()
+	}
+	return nil
+}
