@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -238,6 +239,24 @@ type Stats struct {
 	PinsTotal        map[string]int64   `json:"pins_total"`
 	PinSeconds       map[string]float64 `json:"pin_seconds_total"`
 	Pools            []pool.Stats       `json:"pools"`
+	ClientList       []ClientStats      `json:"client_list"`
+}
+
+// ClientStats describes one logged-in client.
+type ClientStats struct {
+	User     string `json:"user"`
+	Database string `json:"database"`
+	Mode     string `json:"pool_mode"`
+	// ServerPID is the backend PID of the attached server connection, 0
+	// when none is attached.
+	ServerPID uint32 `json:"server_pid"`
+	// Pin is why the client keeps its server connection, "" when it does not.
+	Pin           string  `json:"pin,omitempty"`
+	PinnedSeconds float64 `json:"pinned_seconds,omitempty"`
+	// PreparedStatements counts the client's named statements (transaction
+	// mode); Settings the session settings kproxy replays for it.
+	PreparedStatements int `json:"prepared_statements"`
+	Settings           int `json:"settings"`
 }
 
 // Stats returns a snapshot of the server and its pools.
@@ -259,14 +278,18 @@ func (s *Server) Stats() Stats {
 	s.mu.Unlock()
 	st.Clients = len(sessions)
 	for _, ss := range sessions {
-		attached, pin := ss.state()
-		if attached {
+		cs := ss.state()
+		if cs.ServerPID != 0 {
 			st.ClientsAttached++
 		}
-		if pin != 0 {
-			st.PinnedClients[pin.String()]++
+		if cs.Pin != "" {
+			st.PinnedClients[cs.Pin]++
 		}
+		st.ClientList = append(st.ClientList, cs)
 	}
+	sort.Slice(st.ClientList, func(i, j int) bool {
+		return st.ClientList[i].User+st.ClientList[i].Database < st.ClientList[j].User+st.ClientList[j].Database
+	})
 	for i := range s.stats.pins {
 		if n := s.stats.pins[i].Load(); n > 0 {
 			st.PinsTotal[classify.Effect(i).String()] = n

@@ -239,10 +239,21 @@ func (ss *session) closeIfIdle() {
 }
 
 // state reports whether a server connection is attached and the pin.
-func (ss *session) state() (bool, classify.Effect) {
+func (ss *session) state() ClientStats {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	return ss.server != nil, ss.pin
+	cs := ClientStats{
+		User: ss.user, Database: ss.database, Mode: string(ss.mode),
+		PreparedStatements: len(ss.stmts), Settings: len(ss.settings),
+	}
+	if ss.server != nil {
+		cs.ServerPID = ss.server.PID()
+	}
+	if ss.pin != classify.EffectNone {
+		cs.Pin = ss.pin.String()
+		cs.PinnedSeconds = time.Since(ss.pinSince).Seconds()
+	}
+	return cs
 }
 
 // fail sends err to the client.
