@@ -40,8 +40,9 @@ type Conn struct {
 	// params holds the server's last reported ParameterStatus values.
 	params map[string]string
 	// settings holds what kproxy applied with Sync beyond the connection's
-	// start-up defaults.
-	settings map[string]string
+	// start-up defaults; settingsKey is SettingsKey(settings).
+	settings    map[string]string
+	settingsKey string
 
 	// prepared holds the names of the statements kproxy prepared on this
 	// connection, least recently used first out; stale holds names whose
@@ -226,6 +227,7 @@ func (c *Conn) SetSettings(m map[string]string) {
 	for k, v := range m {
 		c.settings[k] = v
 	}
+	c.settingsKey = SettingsKey(c.settings)
 }
 
 // Sync brings the connection's session settings in line with want (name →
@@ -263,11 +265,29 @@ func (c *Conn) Sync(ctx context.Context, want map[string]string) error {
 		c.broken = true
 		return err
 	}
-	clear(c.settings)
-	for k, v := range want {
-		c.settings[k] = v
-	}
+	c.SetSettings(want)
 	return nil
+}
+
+// SettingsKey is a canonical form of a settings map: two maps have the same
+// key exactly when they are equal.
+func SettingsKey(m map[string]string) string {
+	if len(m) == 0 {
+		return ""
+	}
+	names := make([]string, 0, len(m))
+	for k := range m {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	for _, k := range names {
+		b.WriteString(k)
+		b.WriteByte(0)
+		b.WriteString(m[k])
+		b.WriteByte(0)
+	}
+	return b.String()
 }
 
 // HasPrepared reports whether the statement name is prepared on the
@@ -411,7 +431,7 @@ func (c *Conn) Reset(ctx context.Context) error {
 	if err := c.Exec(ctx, "DISCARD ALL"); err != nil {
 		return err
 	}
-	clear(c.settings)
+	c.SetSettings(nil)
 	c.ForgetAllPrepared()
 	return nil
 }

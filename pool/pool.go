@@ -198,6 +198,13 @@ func (p *Pool) SetLimits(l config.Pool) {
 // Cancelling ctx abandons the wait. The caller must hand the connection back
 // with Release once it is idle (ReadyForQuery 'I' with nothing pending).
 func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
+	return p.AcquirePreferring(ctx, "")
+}
+
+// AcquirePreferring is Acquire, preferring among idle connections the most
+// recently used one whose settings have SettingsKey settingsKey, so that
+// they need not be changed.
+func (p *Pool) AcquirePreferring(ctx context.Context, settingsKey string) (*Conn, error) {
 	start := time.Now()
 	p.acquires.Add(1)
 	var timer *time.Timer
@@ -214,8 +221,15 @@ func (p *Pool) Acquire(ctx context.Context) (*Conn, error) {
 		}
 		now := time.Now()
 		for len(p.idle) > 0 {
-			c := p.idle[len(p.idle)-1]
-			p.idle = p.idle[:len(p.idle)-1]
+			i := len(p.idle) - 1
+			for j := i; j >= 0; j-- {
+				if p.idle[j].settingsKey == settingsKey {
+					i = j
+					break
+				}
+			}
+			c := p.idle[i]
+			p.idle = append(p.idle[:i], p.idle[i+1:]...)
 			if c.broken || now.After(c.expiresAt) {
 				p.open--
 				p.mu.Unlock()

@@ -3,6 +3,7 @@ package pool_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"strconv"
@@ -250,4 +251,28 @@ func portOf(t *testing.T) uint16 {
 	n, err := strconv.Atoi(port)
 	require.NoError(t, err)
 	return uint16(n)
+}
+
+func TestAcquirePreferringPicksAConnectionWhoseSettingsMatch(t *testing.T) {
+	p := newPool(t, func(l *config.Pool) { l.MaxConnections = 3 })
+	ctx := context.Background()
+	var conns []*pool.Conn
+	for i := range 3 {
+		c, err := p.Acquire(ctx)
+		require.NoError(t, err)
+		require.NoError(t, c.Sync(ctx, map[string]string{"application_name": fmt.Sprint("app", i)}))
+		conns = append(conns, c)
+	}
+	for _, c := range conns {
+		p.Release(c)
+	}
+	want := map[string]string{"application_name": "app1"}
+	c, err := p.AcquirePreferring(ctx, pool.SettingsKey(want))
+	require.NoError(t, err)
+	assert.Equal(t, conns[1].PID(), c.PID())
+	p.Release(c)
+	c, err = p.AcquirePreferring(ctx, pool.SettingsKey(map[string]string{"application_name": "other"}))
+	require.NoError(t, err)
+	assert.Equal(t, conns[1].PID(), c.PID(), "without a match, the most recently used")
+	p.Release(c)
 }

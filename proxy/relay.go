@@ -702,6 +702,7 @@ func (ss *session) checkSession(sc *pool.Conn) {
 			}
 		}
 		ss.settings = m
+		ss.settingsKey = pool.SettingsKey(m)
 		sc.SetSettings(m)
 	}
 }

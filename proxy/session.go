@@ -36,17 +36,21 @@ const (
 // the client goroutine updates it before forwarding, so the server
 // goroutine can never detach a connection a message is on its way to.
 type session struct {
-	srv       *Server
-	log       *zap.Logger
-	nc        net.Conn
-	rd        *pgwire.Reader
-	user      string
-	database  string
-	settings  map[string]string
-	mode      config.PoolMode
-	pool      *pool.Pool
-	key       cancelKey
-	negotiate []byte
+	srv      *Server
+	log      *zap.Logger
+	nc       net.Conn
+	rd       *pgwire.Reader
+	user     string
+	database string
+	// settings are the session settings kproxy keeps applying for the
+	// client (guarded by mu once the session runs); settingsKey is their
+	// pool.SettingsKey.
+	settings    map[string]string
+	settingsKey string
+	mode        config.PoolMode
+	pool        *pool.Pool
+	key         cancelKey
+	negotiate   []byte
 
 	wmu sync.Mutex
 	w   *bufio.Writer // guarded by wmu
@@ -104,6 +108,7 @@ func newSession(srv *Server, cfg *config.Config, st *startup) *session {
 		stmts:     map[string]*clientStmt{},
 	}
 	ss.written.L = &ss.mu
+	ss.settingsKey = pool.SettingsKey(ss.settings)
 	return ss
 }
 
@@ -189,13 +194,13 @@ func (ss *session) acquire() (*pool.Conn, error) {
 	limits := ss.pool.Limits()
 	ctx, cancel := context.WithTimeout(context.Background(), limits.AcquireTimeout+limits.ConnectTimeout)
 	defer cancel()
-	sc, err := ss.pool.Acquire(ctx)
+	ss.mu.Lock()
+	settings, key := ss.settings, ss.settingsKey
+	ss.mu.Unlock()
+	sc, err := ss.pool.AcquirePreferring(ctx, key)
 	if err != nil {
 		return nil, err
 	}
-	ss.mu.Lock()
-	settings := ss.settings
-	ss.mu.Unlock()
 	if err := sc.Sync(ctx, settings); err != nil {
 		ss.pool.Release(sc) // Sync marked it broken; the pool closes it
 		return nil, err
