@@ -248,6 +248,8 @@ func (st *startup) negotiateMessage() []byte {
 	if st.minor == 0 && len(st.unknown) == 0 {
 		return nil
 	}
-	b, _ := (&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: st.unknown}).Encode(nil)
+	// Postgres sends the whole version number here (3.0 is 196608), not
+	// the minor part alone, and clients read it as a protocol version.
+	b, _ := (&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: pgwire.ProtocolVersion30, UnrecognizedOptions: st.unknown}).Encode(nil)
 	return b
 }
