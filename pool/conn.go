@@ -52,6 +52,10 @@ type Conn struct {
 	closeLater    []string     // prepared on the server but no longer tracked; closed at the next AddPrepared
 	preparedCount atomic.Int64 // len(prepared), for stats read by others
 
+	// unnamedOwner identifies whose unnamed statement the server holds,
+	// as set by the holder; internal queries destroy it.
+	unnamedOwner any
+
 	createdAt time.Time
 	expiresAt time.Time
 	idleSince time.Time
@@ -157,6 +161,7 @@ func (c *Conn) Exec(ctx context.Context, sql string) error {
 		_ = c.nc.SetDeadline(dl)
 		defer c.nc.SetDeadline(time.Time{})
 	}
+	c.unnamedOwner = nil
 	q := pgproto3.Query{String: sql}
 	buf, err := q.Encode(nil)
 	if err != nil {
@@ -216,6 +221,13 @@ func (c *Conn) waitReady() error {
 		}
 	}
 }
+
+// UnnamedOwner returns what the last SetUnnamedOwner recorded, or nil after
+// a simple query destroyed the unnamed statement.
+func (c *Conn) UnnamedOwner() any { return c.unnamedOwner }
+
+// SetUnnamedOwner records whose unnamed statement the server now holds.
+func (c *Conn) SetUnnamedOwner(owner any) { c.unnamedOwner = owner }
 
 // Settings returns what kproxy applied to this connection with Sync.
 func (c *Conn) Settings() map[string]string { return c.settings }
@@ -374,6 +386,7 @@ func (c *Conn) Query(ctx context.Context, sql string) ([][][]string, error) {
 		_ = c.nc.SetDeadline(dl)
 		defer c.nc.SetDeadline(time.Time{})
 	}
+	c.unnamedOwner = nil
 	q := pgproto3.Query{String: sql}
 	buf, err := q.Encode(nil)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -78,6 +79,11 @@ func (ss *session) run() {
 			if errors.Is(err, pgwire.ErrTooLarge) || errors.Is(err, pgwire.ErrMalformed) {
 				ss.fail(err)
 			}
+			if errors.Is(err, io.EOF) {
+				// A client that half-closes still gets the answers to what
+				// it sent, as from Postgres.
+				ss.awaitAnswers()
+			}
 			return
 		}
 		switch t {
@@ -92,6 +98,45 @@ func (ss *session) run() {
 			return
 		}
 	}
+}
+
+// maxAnswerWait bounds how long a half-closed client's answers are awaited.
+const maxAnswerWait = 5 * time.Minute
+
+// awaitAnswers waits until the server has answered everything sent to it.
+func (ss *session) awaitAnswers() {
+	timedOut := false
+	t := time.AfterFunc(maxAnswerWait, func() {
+		ss.mu.Lock()
+		timedOut = true
+		ss.changed.Broadcast()
+		ss.mu.Unlock()
+	})
+	defer t.Stop()
+	ss.mu.Lock()
+	for ss.awaitingLocked() && ss.server != nil && !timedOut {
+		ss.changed.Wait()
+	}
+	ss.mu.Unlock()
+}
+
+// awaitingLocked reports whether the server still owes answers it will
+// send without further input: those up to the last Sync, Query or
+// FunctionCall (Postgres does not flush the answers to a batch that was
+// never synced), and none while it waits for COPY data.
+func (ss *session) awaitingLocked() bool {
+	if ss.checking != nil {
+		return true
+	}
+	if ss.copyIn {
+		return false
+	}
+	for i := range ss.replies {
+		if r := &ss.replies[i]; r.fromServer() && (r.msg == 'S' || r.msg == 'Q' || r.msg == 'F') {
+			return true
+		}
+	}
+	return false
 }
 
 // handle plans what one client message becomes (messages to the server,
@@ -127,7 +172,7 @@ func (ss *session) handle(t byte, msg []byte) bool {
 		}
 		if out, ok := ss.answerLocallyLocked(t, msg); ok {
 			ss.mu.Unlock()
-			return ss.writeClient(out, ss.rd.Buffered() == 0) == nil
+			return ss.writeClient(out, !ss.rd.HasFrame()) == nil
 		}
 		ss.mu.Unlock()
 		var err error
@@ -147,7 +192,7 @@ func (ss *session) handle(t byte, msg []byte) bool {
 		return false
 	}
 	toServer, toClient := ss.toServer, ss.toClient
-	flush := ss.rd.Buffered() == 0
+	flush := !ss.rd.HasFrame()
 	ss.writing = len(toServer) > 0 || flush
 	if len(toClient) > 0 {
 		ss.wmu.Lock() // before unlocking mu: keeps answers in queue order
@@ -175,7 +220,7 @@ func (ss *session) handle(t byte, msg []byte) bool {
 	// before Flush returned; the release then waited for us.
 	ss.mu.Lock()
 	ss.writing = false
-	ss.written.Broadcast()
+	ss.changed.Broadcast()
 	rel := ss.releaseAfterWrite
 	ss.releaseAfterWrite = nil
 	ss.mu.Unlock()
@@ -244,6 +289,10 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 			ss.noteSQLLocked(classify.ScanSession(string(query)))
 		}
 		if !tx || len(name) == 0 {
+			if tx {
+				ss.unnamed = append(ss.unnamed[:0], msg...)
+				sc.SetUnnamedOwner(ss)
+			}
 			ss.send(msg, reply{kind: replyForward, msg: 'P'})
 			return nil
 		}
@@ -267,6 +316,9 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 		}
 		if !tx || len(name) == 0 {
 			ss.lastBound = ""
+			if tx {
+				ss.ensureUnnamedLocked(sc)
+			}
 			ss.send(msg, reply{kind: replyForward, msg: 'B'})
 			return nil
 		}
@@ -280,6 +332,9 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 	case 'D', 'C':
 		ss.inBatch = true
 		if !tx || len(body) < 2 || body[0] != 'S' || body[1] == 0 {
+			if tx && t == 'D' && len(body) >= 2 && body[0] == 'S' {
+				ss.ensureUnnamedLocked(sc)
+			}
 			ss.send(msg, reply{kind: replyForward, msg: t})
 			return nil
 		}
@@ -300,11 +355,21 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 		ss.inBatch = true
 		ss.send(msg, reply{kind: replyForward, msg: 'E', stmt: ss.lastBound})
 	case 'S':
+		if ss.copyIn { // ignored by the server
+			ss.toServer = append(ss.toServer, msg...)
+			return nil
+		}
 		ss.inBatch = false
 		ss.send(msg, reply{kind: replyForward, msg: 'S'})
+	case 'c', 'f':
+		ss.copyIn = false
+		ss.toServer = append(ss.toServer, msg...)
 	case 'Q':
 		r := reply{kind: replyForward, msg: 'Q'}
 		if tx {
+			// A simple Query destroys the unnamed statement.
+			ss.unnamed = ss.unnamed[:0]
+			sc.SetUnnamedOwner(nil)
 			scan := classify.ScanSession(cstring(body))
 			ss.noteSQLLocked(scan)
 			if _, ok := ss.stmts[scan.Deallocate]; ok && scan.Deallocate != "" {
@@ -329,6 +394,17 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 func (ss *session) send(msg []byte, r reply) {
 	ss.toServer = append(ss.toServer, msg...)
 	ss.replies = append(ss.replies, r)
+}
+
+// ensureUnnamedLocked re-creates the client's unnamed statement on sc when
+// sc's unnamed statement is another client's: a driver may Bind the unnamed
+// statement of an earlier batch, which ran on another server connection.
+func (ss *session) ensureUnnamedLocked(sc *pool.Conn) {
+	if sc.UnnamedOwner() == any(ss) || len(ss.unnamed) == 0 {
+		return
+	}
+	ss.send(ss.unnamed, reply{kind: replySwallow, msg: 'P'})
+	sc.SetUnnamedOwner(ss)
 }
 
 // lookupLocked returns the client's statement name, prepared on sc, or
@@ -414,6 +490,26 @@ func (ss *session) popLocked(n int) {
 	ss.replies = ss.replies[n:]
 	if len(ss.replies) == 0 {
 		ss.replies = ss.replies[:0:0]
+		ss.changed.Broadcast()
+	}
+}
+
+// copyInStarted handles CopyInResponse. Until the client ends the copy, the
+// server ignores Sync and Flush; a Sync the client sent right after the
+// Execute (as libpq does) will never be answered, so it leaves the queue.
+func (ss *session) copyInStarted() {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	ss.copyIn = true
+	if len(ss.replies) == 0 || ss.replies[0].msg != 'E' {
+		return
+	}
+	i := 1
+	for i < len(ss.replies) && ss.replies[i].fromServer() && ss.replies[i].msg == 'S' {
+		i++
+	}
+	if i > 1 {
+		ss.replies = append(ss.replies[:1], ss.replies[i:]...)
 	}
 }
 
@@ -488,7 +584,12 @@ func (ss *session) noteErrorLocked(sc *pool.Conn, r *reply, msg []byte) {
 // client, following the reply queue, until the connection is detached, the
 // client leaves, or the server connection fails.
 func (ss *session) relayServer(sc *pool.Conn, done chan struct{}) {
-	defer close(done)
+	defer func() {
+		close(done)
+		ss.mu.Lock()
+		ss.changed.Broadcast()
+		ss.mu.Unlock()
+	}()
 	var post []byte
 	for {
 		t, msg, err := sc.Next()
@@ -505,6 +606,9 @@ func (ss *session) relayServer(sc *pool.Conn, done chan struct{}) {
 		}
 		switch t {
 		case '1', '2', '3', 'n', 'T', 'C', 'I', 's', 'E', 'Z':
+		case 'G':
+			ss.copyInStarted()
+			fallthrough
 		default: // rows, copy data, notices: never the end of an answer
 			if ss.writeClient(msg, sc.Buffered() == 0) != nil {
 				sc.MarkBroken()
@@ -515,6 +619,9 @@ func (ss *session) relayServer(sc *pool.Conn, done chan struct{}) {
 		}
 
 		ss.mu.Lock()
+		if t == 'C' || t == 'E' || t == 'Z' {
+			ss.copyIn = false // a COPY FROM STDIN, if any, is over
+		}
 		forward := true
 		if len(ss.replies) > 0 {
 			head := &ss.replies[0]
@@ -588,13 +695,14 @@ func (ss *session) readyForQueryLocked(sc *pool.Conn, st byte, post *[]byte) boo
 		ss.checking = ch
 		// The client goroutine may still be returning from its Flush.
 		for ss.writing {
-			ss.written.Wait()
+			ss.changed.Wait()
 		}
 		ss.mu.Unlock()
 		ss.checkSession(sc)
 		ss.mu.Lock()
 		ss.checking = nil
 		close(ch)
+		ss.changed.Broadcast()
 	}
 	detach := safe && tx && ss.pin == classify.EffectNone && !ss.leaving
 	release := detach

@@ -58,6 +58,7 @@ type session struct {
 	// Used by the client goroutine only:
 	skipping  bool   // drop messages until Sync, after an error kproxy reported mid-batch
 	lastBound string // server statement of the latest Bind, for Execute
+	unnamed   []byte // the client's latest unnamed Parse, to re-create it on another server connection
 	toServer  []byte // messages to write to the server connection
 	toClient  []byte // responses kproxy makes up, to write to the client
 
@@ -87,7 +88,8 @@ type session struct {
 	// writing is set while the client goroutine writes to the server; a
 	// detach that happens meanwhile leaves the release to it.
 	writing           bool       // guarded by mu
-	written           sync.Cond  // on mu; signalled when writing ends
+	changed           sync.Cond  // on mu; signalled when writing ends, replies are answered, or relayServer stops
+	copyIn            bool       // guarded by mu; the server is in COPY FROM STDIN and ignores Sync and Flush
 	releaseAfterWrite *pool.Conn // guarded by mu
 	closed            bool       // guarded by mu
 }
@@ -107,7 +109,7 @@ func newSession(srv *Server, cfg *config.Config, st *startup) *session {
 		txStatus:  pgwire.TxIdle,
 		stmts:     map[string]*clientStmt{},
 	}
-	ss.written.L = &ss.mu
+	ss.changed.L = &ss.mu
 	ss.settingsKey = pool.SettingsKey(ss.settings)
 	return ss
 }

@@ -26,6 +26,7 @@ const (
 	GSSENCRequestCode  = 80877104 // GSSENCRequest
 	MaxStartupBytes    = 10000    // Postgres' own limit for a startup packet
 	headerBytes        = 5
+	growStepBytes      = 64 << 10 // first allocation for a large frame
 	startupHeaderBytes = 4
 )
 
@@ -74,14 +75,25 @@ func (r *Reader) Next() (byte, []byte, error) {
 		return 0, nil, fmt.Errorf("%w: type %q declares %d bytes, limit is %d", ErrTooLarge, hdr[0], n-4, r.max)
 	}
 	total := 1 + n
-	if cap(r.buf) < total {
-		r.buf = make([]byte, total, max(total, 512))
+	buf := r.buf[:0]
+	if cap(buf) < min(total, growStepBytes) {
+		buf = make([]byte, 0, max(min(total, growStepBytes), 512))
 	}
-	buf := r.buf[:total]
-	copy(buf, hdr[:])
-	if _, err := io.ReadFull(r.r, buf[headerBytes:]); err != nil {
-		return 0, nil, &PartialError{Err: noEOF(err)}
+	buf = append(buf, hdr[:]...)
+	// Memory grows with the bytes that actually arrive, not with the length
+	// a client declares.
+	for len(buf) < total {
+		if len(buf) == cap(buf) {
+			buf = append(buf[:cap(buf)], make([]byte, min(cap(buf), total-cap(buf)))...)[:len(buf)]
+		}
+		got, err := io.ReadFull(r.r, buf[len(buf):min(cap(buf), total)])
+		buf = buf[:len(buf)+got]
+		if err != nil {
+			r.buf = buf[:0]
+			return 0, nil, &PartialError{Err: noEOF(err)}
+		}
 	}
+	r.buf = buf
 	// Give back memory held for a rare huge message.
 	if cap(r.buf) > 1<<20 && total < 1<<16 {
 		r.buf = nil
@@ -89,9 +101,22 @@ func (r *Reader) Next() (byte, []byte, error) {
 	return hdr[0], buf, nil
 }
 
-// Buffered reports how many bytes can be read without blocking: when it is
-// zero, whatever was written in response should be flushed.
+// Buffered reports how many bytes can be read without blocking.
 func (r *Reader) Buffered() int { return r.r.Buffered() }
+
+// HasFrame reports whether a whole frame is already buffered, so that Next
+// will not block. When it is false, whatever was written in response to
+// earlier frames should be flushed.
+func (r *Reader) HasFrame() bool {
+	if r.r.Buffered() < headerBytes {
+		return false
+	}
+	hdr, err := r.r.Peek(headerBytes)
+	if err != nil {
+		return false
+	}
+	return r.r.Buffered() >= 1+int(binary.BigEndian.Uint32(hdr[1:]))
+}
 
 // ReadStartup reads an untyped startup-phase frame (StartupMessage,
 // SSLRequest, GSSENCRequest or CancelRequest) directly from r, reading no
