@@ -3,6 +3,7 @@ package pgtest
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"fmt"
 	"net"
 	"net/url"
@@ -11,6 +12,7 @@ import (
 	"os/signal"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"syscall"
 	"testing"
@@ -220,14 +222,22 @@ func shareDir(dir string) error {
 
 // freePorts returns n distinct loopback ports that were free a moment ago.
 func freePorts(n int) ([]string, error) {
+	// Ports below the ephemeral range (32768 and up on Linux): there,
+	// outgoing connections in TIME_WAIT can keep a server from binding.
 	ports := make([]string, 0, n)
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
+	for tries := 0; len(ports) < n; tries++ {
+		if tries > 1000 {
+			return nil, errors.New("pgtest: no free port found")
 		}
-		defer ln.Close()
-		_, port, _ := net.SplitHostPort(ln.Addr().String())
+		port := strconv.Itoa(10000 + rand.IntN(20000))
+		if slices.Contains(ports, port) {
+			continue
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:"+port)
+		if err != nil {
+			continue
+		}
+		ln.Close()
 		ports = append(ports, port)
 	}
 	return ports, nil
