@@ -3,8 +3,8 @@ package pgtest
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
