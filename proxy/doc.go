@@ -16,19 +16,29 @@
 // In session mode a client keeps one server connection from login to
 // disconnect; the connection is reset with DISCARD ALL before it serves
 // anyone else. In transaction mode the connection is handed back at the safe
-// point: a ReadyForQuery with status idle after the client's last Sync or
-// Query, with no extended-protocol batch open. A statement that leaves
-// session state on the server (see classify.SessionEffect), or a named
-// prepared statement, pins the client to its server connection for the rest
-// of its session, with the reason counted in Stats.
+// point: a ReadyForQuery with status idle, with every message sent to the
+// server answered and no extended-protocol batch open.
 //
-// # Relay
+// # Keeping session semantics in transaction mode
 //
-// Messages are framed, not decoded: each is forwarded as the raw bytes it
-// arrived as, and writes are flushed only when no further input is already
-// buffered, so a pipelined batch goes out in one write. Only the messages
-// kproxy acts on (Query and Parse text, ReadyForQuery status, ParameterStatus)
-// are looked into.
+// A session's reply queue lists, in order, what the server owes for each
+// message sent to it, and the answers kproxy makes up in between. That lets
+// kproxy add messages of its own (a Parse of a statement the server
+// connection lacks, a Close of one evicted from its LRU) and swallow their
+// answers, and answer some messages itself (ParseComplete for a statement
+// already prepared, CloseComplete, errors for unknown statement names), with
+// every answer reaching the client in the order Postgres would send it.
+// After an error in an extended batch the queue drops what the server skips.
+//
+// Named statements map to server statements named by a hash of their text,
+// parameter types and search_path (see stmt.go). Settings and pins are read
+// back from the server at the safe point, after a transaction that may have
+// changed them (classify.ScanSession says which): settings from
+// pg_settings, replayed on the next server connection by pool.Conn.Sync;
+// pins by counting listened channels, advisory locks, temporary relations,
+// holdable cursors and SQL prepared statements. A client stays pinned only
+// while that state exists. The client goroutine waits while the read-back
+// runs, so nothing else is on the connection meanwhile.
 //
 // # Errors
 //
