@@ -157,23 +157,8 @@ func sendCancel(ctx context.Context, network, addr string, pid uint32, secret []
 // returns the first error the server reports; the connection is still usable
 // after a server error, not after a network error.
 func (c *Conn) Exec(ctx context.Context, sql string) error {
-	if dl, ok := ctx.Deadline(); ok {
-		_ = c.nc.SetDeadline(dl)
-		defer c.nc.SetDeadline(time.Time{})
-	}
-	c.unnamedOwner = nil
-	q := pgproto3.Query{String: sql}
-	buf, err := q.Encode(nil)
-	if err != nil {
-		return err
-	}
-	if err := c.Write(buf); err != nil {
-		return err
-	}
-	if err := c.Flush(); err != nil {
-		return err
-	}
-	return c.waitReady()
+	_, err := c.Query(ctx, sql)
+	return err
 }
 
 // Ping checks that the server answers, with a Sync round trip.

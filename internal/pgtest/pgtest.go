@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"go.uber.org/goleak"
 )
 
 // Roles that scripts/pgcluster creates.
@@ -68,7 +69,8 @@ func Get() *Cluster {
 // KPROXY_TEST_REPLICA and KPROXY_TEST_REDIS when all three are set, and
 // otherwise starts one in a temporary directory, which it stops and removes
 // after the tests, or on SIGINT or SIGTERM. It fails (returns 1 without
-// running the tests) when the cluster cannot be started.
+// running the tests) when the cluster cannot be started, and when tests that
+// passed left goroutines running.
 func Run(m *testing.M) int {
 	c, err := open()
 	if err != nil {
@@ -106,6 +108,13 @@ func Run(m *testing.M) int {
 
 	close(done)
 	<-watched
+	if code == 0 {
+		// Everything a passing test started must have stopped.
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "pgtest: goroutines leaked: %v\n", err)
+			code = 1
+		}
+	}
 	if err := c.stop(); err != nil {
 		fmt.Fprintf(os.Stderr, "pgtest: %v\n", err)
 		if code == 0 {
