@@ -61,6 +61,30 @@ type Config struct {
 	MaxMessageBytes int `yaml:"max_message_bytes"`
 	// LogLevel is debug, info, warn or error. Default "info".
 	LogLevel string `yaml:"log_level"`
+	// Routing says how reads are sent to replicas.
+	Routing Routing `yaml:"routing"`
+}
+
+// Routing configures read/write splitting (transaction mode only: a
+// session-mode client keeps its server connection on the primary).
+type Routing struct {
+	// ReplicaReads sends read-only transactions to healthy, caught-up
+	// replicas. Default true; without replicas it has no effect.
+	ReplicaReads bool `yaml:"replica_reads"`
+	// MaxReplicaLagBytes ejects a replica whose replay position trails the
+	// primary by more WAL than this. Default 16 MiB.
+	MaxReplicaLagBytes int64 `yaml:"max_replica_lag_bytes"`
+	// MaxReplicaLag ejects a replica that is behind and has replayed
+	// nothing for longer than this. Default 10s.
+	MaxReplicaLag time.Duration `yaml:"max_replica_lag"`
+	// CheckPeriod is how often each replica's health and position are
+	// read. Default 500ms.
+	CheckPeriod time.Duration `yaml:"check_period"`
+	// MonitorUser, MonitorPassword and MonitorDatabase are what the health
+	// checks log in as. Defaults: postgres, no password, postgres.
+	MonitorUser     string `yaml:"monitor_user"`
+	MonitorPassword string `yaml:"monitor_password"`
+	MonitorDatabase string `yaml:"monitor_database"`
 }
 
 // Backend is one Postgres server.
@@ -164,6 +188,14 @@ func Default() Config {
 		ShutdownTimeout: 30 * time.Second,
 		MaxMessageBytes: 64 << 20,
 		LogLevel:        "info",
+		Routing: Routing{
+			ReplicaReads:       true,
+			MaxReplicaLagBytes: 16 << 20,
+			MaxReplicaLag:      10 * time.Second,
+			CheckPeriod:        500 * time.Millisecond,
+			MonitorUser:        "postgres",
+			MonitorDatabase:    "postgres",
+		},
 	}
 }
 

@@ -109,8 +109,14 @@ func setFromString(v reflect.Value, s string) error {
 		v.SetInt(int64(d))
 	case v.Kind() == reflect.String:
 		v.SetString(s)
-	case v.Kind() == reflect.Int:
-		i, err := strconv.ParseInt(s, 10, 0)
+	case v.Kind() == reflect.Bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return fmt.Errorf("must be true or false, not %q", s)
+		}
+		v.SetBool(b)
+	case v.Kind() == reflect.Int || v.Kind() == reflect.Int64:
+		i, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
 			return fmt.Errorf("must be an integer, not %q", s)
 		}

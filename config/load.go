@@ -199,8 +199,15 @@ func (d *walker) value(n *yaml.Node, v reflect.Value, path string) {
 		if s, ok := d.text(n, path); ok {
 			v.SetString(s)
 		}
-	case reflect.Int:
+	case reflect.Int, reflect.Int64:
 		d.integer(n, v, path)
+	case reflect.Bool:
+		var b bool
+		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!bool" || n.Decode(&b) != nil {
+			d.add(path, n, "must be true or false, not %s", describe(n))
+			return
+		}
+		v.SetBool(b)
 	case reflect.Uint16:
 		d.port(n, v, path)
 	default:

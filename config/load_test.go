@@ -382,10 +382,13 @@ func TestEveryScalarFieldHasItsOwnEnvironmentVariable(t *testing.T) {
 		"KPROXY_POOL_ACQUIRE_TIMEOUT", "KPROXY_POOL_MAX_LIFETIME", "KPROXY_POOL_MAX_LIFETIME_JITTER",
 		"KPROXY_POOL_IDLE_TIMEOUT", "KPROXY_POOL_HEALTH_CHECK_PERIOD", "KPROXY_POOL_CONNECT_TIMEOUT",
 		"KPROXY_SHUTDOWN_TIMEOUT", "KPROXY_MAX_MESSAGE_BYTES", "KPROXY_LOG_LEVEL", "KPROXY_POOL_MAX_PREPARED_STATEMENTS",
+		"KPROXY_ROUTING_REPLICA_READS", "KPROXY_ROUTING_MAX_REPLICA_LAG_BYTES", "KPROXY_ROUTING_MAX_REPLICA_LAG",
+		"KPROXY_ROUTING_CHECK_PERIOD", "KPROXY_ROUTING_MONITOR_USER", "KPROXY_ROUTING_MONITOR_PASSWORD",
+		"KPROXY_ROUTING_MONITOR_DATABASE",
 	} {
 		assert.Contains(t, vars, name)
 	}
-	assert.Len(t, vars, 25)
+	assert.Len(t, vars, 32)
 }
 
 func TestWalkerHandlesEveryFieldType(t *testing.T) {
@@ -393,7 +396,8 @@ func TestWalkerHandlesEveryFieldType(t *testing.T) {
 	var check func(typ reflect.Type)
 	check = func(typ reflect.Type) {
 		switch {
-		case typ == durationType, typ.Kind() == reflect.String, typ.Kind() == reflect.Int, typ.Kind() == reflect.Uint16:
+		case typ == durationType, typ.Kind() == reflect.String, typ.Kind() == reflect.Int, typ.Kind() == reflect.Int64,
+			typ.Kind() == reflect.Bool, typ.Kind() == reflect.Uint16:
 		case typ.Kind() == reflect.Struct:
 			for i := range typ.NumField() {
 				check(typ.Field(i).Type)

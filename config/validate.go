@@ -84,6 +84,7 @@ func (c *Config) Validate() error {
 	c.validateModes(&ps)
 	c.validateAuth(&ps)
 	c.validatePools(&ps)
+	c.validateRouting(&ps)
 
 	if c.TLS.CertFile != "" && c.TLS.KeyFile == "" {
 		ps.add("tls.key_file", "required when tls.cert_file is set")
@@ -195,6 +196,25 @@ func (c *Config) validateAuth(ps *problems) {
 				ps.add(path, "needs password or scram_secret with auth.method scram-sha-256")
 			}
 		}
+	}
+}
+
+func (c *Config) validateRouting(ps *problems) {
+	r := c.Routing
+	if r.MaxReplicaLagBytes < 0 {
+		ps.add("routing.max_replica_lag_bytes", "must not be negative")
+	}
+	if r.MaxReplicaLag < 0 {
+		ps.add("routing.max_replica_lag", "must not be negative")
+	}
+	if r.CheckPeriod <= 0 {
+		ps.add("routing.check_period", "must be positive")
+	}
+	if r.MonitorUser == "" {
+		ps.add("routing.monitor_user", "required")
+	}
+	if r.MonitorDatabase == "" {
+		ps.add("routing.monitor_database", "required")
 	}
 }
 

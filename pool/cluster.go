@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -18,7 +20,15 @@ type poolKey struct {
 // Cluster owns the pools of every backend: one per (backend, database,
 // user), created on first use. It is safe for concurrent use.
 type Cluster struct {
-	log *zap.Logger
+	log     *zap.Logger
+	monitor *monitor
+
+	routedPrimary  atomic.Int64
+	routedReplica  atomic.Int64
+	staleAvoided   atomic.Int64
+	fallbacks      atomic.Int64
+	routeNanos     atomic.Int64
+	routeDecisions atomic.Int64
 
 	mu     sync.Mutex
 	cfg    *config.Config    // guarded by mu
@@ -28,8 +38,116 @@ type Cluster struct {
 
 // NewCluster returns a cluster for cfg's primary and replicas. cfg must have
 // passed validation and must not be modified afterwards; Reconfigure swaps it.
+//
+// With replicas configured, NewCluster measures them once before returning
+// and then every routing.check_period until Close.
 func NewCluster(cfg *config.Config, log *zap.Logger) *Cluster {
-	return &Cluster{log: log, cfg: cfg, pools: map[poolKey]*Pool{}}
+	return &Cluster{log: log, cfg: cfg, pools: map[poolKey]*Pool{}, monitor: newMonitor(cfg, log)}
+}
+
+// Target is where one transaction runs: a pool, and for a replica the
+// bookkeeping Done updates.
+type Target struct {
+	Pool    *Pool
+	replica *replica
+	start   time.Time
+}
+
+// Replica reports whether the target is a replica.
+func (t Target) Replica() bool { return t.replica != nil }
+
+// Done records the end of the transaction on the target: its duration
+// feeds replica selection, and a connection-level failure (failed true)
+// ejects the replica until its next successful health check.
+func (t Target) Done(c *Cluster, failed error) {
+	if t.replica == nil {
+		return
+	}
+	t.replica.inFlight.Add(-1)
+	d := int64(time.Since(t.start))
+	old := t.replica.latency.Load()
+	t.replica.latency.Store(old + (d-old)/8)
+	if failed != nil {
+		c.monitor.fail(t.replica.backend.Addr(), failed)
+	}
+}
+
+// Route picks where a transaction of database and user runs: the primary,
+// unless readOnly and a healthy replica has replayed minLSN (the client's
+// last commit), chosen by the power of two choices on in-flight
+// transactions and latency. When no replica qualifies it falls back to the
+// primary.
+func (c *Cluster) Route(database, user string, readOnly bool, minLSN LSN) (Target, error) {
+	start := time.Now()
+	defer func() {
+		c.routeNanos.Add(int64(time.Since(start)))
+		c.routeDecisions.Add(1)
+	}()
+	c.mu.Lock()
+	replicaReads := c.cfg.Routing.ReplicaReads
+	c.mu.Unlock()
+	if readOnly && replicaReads && len(c.monitor.replicas) > 0 {
+		r, stale := c.monitor.pick(minLSN)
+		if r != nil {
+			p, err := c.pool(r.backend, database, user)
+			if err != nil {
+				return Target{}, err
+			}
+			r.inFlight.Add(1)
+			c.routedReplica.Add(1)
+			return Target{Pool: p, replica: r, start: start}, nil
+		}
+		if stale {
+			c.staleAvoided.Add(1)
+		} else {
+			c.fallbacks.Add(1)
+		}
+	}
+	p, err := c.Primary(database, user)
+	if err != nil {
+		return Target{}, err
+	}
+	c.routedPrimary.Add(1)
+	return Target{Pool: p}, nil
+}
+
+func (c *Cluster) pool(b config.Backend, database, user string) (*Pool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, ErrClosed
+	}
+	return c.poolLocked(b, database, user)
+}
+
+// RoutingStats is a snapshot of routing decisions and replica states.
+type RoutingStats struct {
+	RoutedPrimary int64 `json:"transactions_to_primary"`
+	RoutedReplica int64 `json:"transactions_to_replicas"`
+	// StaleReadsAvoided counts reads sent to the primary because no replica
+	// had replayed the client's last write yet; Fallbacks those sent there
+	// because no replica was healthy.
+	StaleReadsAvoided int64          `json:"stale_reads_avoided"`
+	Fallbacks         int64          `json:"replica_fallbacks"`
+	AvgRouteNanos     int64          `json:"avg_route_ns"`
+	PrimaryLSN        string         `json:"primary_lsn"`
+	Replicas          []ReplicaStats `json:"replicas"`
+}
+
+// RoutingStats returns a snapshot of routing decisions and replica states.
+func (c *Cluster) RoutingStats() RoutingStats {
+	s := RoutingStats{
+		RoutedPrimary: c.routedPrimary.Load(), RoutedReplica: c.routedReplica.Load(),
+		StaleReadsAvoided: c.staleAvoided.Load(), Fallbacks: c.fallbacks.Load(),
+		Replicas: c.monitor.stats(),
+	}
+	if n := c.routeDecisions.Load(); n > 0 {
+		s.AvgRouteNanos = c.routeNanos.Load() / n
+	}
+	c.monitor.mu.Lock()
+	s.PrimaryLSN = c.monitor.primaryLSN.String()
+	c.monitor.mu.Unlock()
+	return s
 }
 
 // Primary returns the pool for database and user (as the client named them)
@@ -84,6 +202,7 @@ func (c *Cluster) poolConfig(b config.Backend, database, user string) Config {
 // Reconfigure applies a new configuration: pools take their new limits at
 // once. Pools of a backend that left the configuration are closed.
 func (c *Cluster) Reconfigure(cfg *config.Config) {
+	c.monitor.reconfigure(cfg)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.cfg = cfg
@@ -133,6 +252,7 @@ func (c *Cluster) Close() {
 	c.pools = map[poolKey]*Pool{}
 	c.closed = true
 	c.mu.Unlock()
+	c.monitor.close()
 	var wg sync.WaitGroup
 	for _, p := range pools {
 		wg.Add(1)
