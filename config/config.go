@@ -77,6 +77,10 @@ type Routing struct {
 	// MaxReplicaLag ejects a replica that is behind and has replayed
 	// nothing for longer than this. Default 10s.
 	MaxReplicaLag time.Duration `yaml:"max_replica_lag"`
+	// ReadYourWritesWait is how long a read after the client's write may
+	// wait for a replica to replay that write before it runs on the
+	// primary instead. Default 0: use the primary at once.
+	ReadYourWritesWait time.Duration `yaml:"read_your_writes_wait"`
 	// CheckPeriod is how often each replica's health and position are
 	// read. Default 500ms.
 	CheckPeriod time.Duration `yaml:"check_period"`

@@ -207,6 +207,9 @@ func (c *Config) validateRouting(ps *problems) {
 	if r.MaxReplicaLag < 0 {
 		ps.add("routing.max_replica_lag", "must not be negative")
 	}
+	if r.ReadYourWritesWait < 0 {
+		ps.add("routing.read_your_writes_wait", "must not be negative")
+	}
 	if r.CheckPeriod <= 0 {
 		ps.add("routing.check_period", "must be positive")
 	}

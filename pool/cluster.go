@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"context"
 	"sort"
 	"strconv"
 	"strings"
@@ -48,9 +49,50 @@ func NewCluster(cfg *config.Config, log *zap.Logger) *Cluster {
 // Target is where one transaction runs: a pool, and for a replica the
 // bookkeeping Done updates.
 type Target struct {
-	Pool    *Pool
+	Pool *Pool
+	// MinLSN, when not zero, asks the caller to check on the connection
+	// (ReplayedOn) that the replica has replayed this position: the
+	// monitor's last reading was older.
+	MinLSN  LSN
 	replica *replica
 	start   time.Time
+}
+
+// ReplayedOn checks, on a connection of a replica target with MinLSN set,
+// that the replica has replayed MinLSN. When it has not, the caller must
+// release the connection, call Done and route to the primary instead; the
+// read counts as a stale read avoided.
+func (c *Cluster) ReplayedOn(ctx context.Context, t Target, conn *Conn) bool {
+	if t.MinLSN == 0 || t.replica == nil {
+		return true
+	}
+	c.mu.Lock()
+	deadline := time.Now().Add(c.cfg.Routing.ReadYourWritesWait)
+	c.mu.Unlock()
+	for {
+		sets, err := conn.Query(ctx, "SELECT pg_catalog.pg_last_wal_replay_lsn()::text")
+		if err != nil || len(sets) != 1 || len(sets[0]) != 1 {
+			break
+		}
+		lsn, err := ParseLSN(sets[0][0][0])
+		if err != nil {
+			break
+		}
+		c.monitor.mu.Lock()
+		if lsn > t.replica.replayLSN {
+			t.replica.replayLSN = lsn
+		}
+		c.monitor.mu.Unlock()
+		if lsn >= t.MinLSN {
+			return true
+		}
+		if !time.Now().Before(deadline) {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	c.staleAvoided.Add(1)
+	return false
 }
 
 // Replica reports whether the target is a replica.
@@ -88,6 +130,12 @@ func (c *Cluster) Route(database, user string, readOnly bool, minLSN LSN) (Targe
 	c.mu.Unlock()
 	if readOnly && replicaReads && len(c.monitor.replicas) > 0 {
 		r, stale := c.monitor.pick(minLSN)
+		verify := LSN(0)
+		if r == nil && stale {
+			// The monitor's reading may just be old: let the caller ask.
+			r, _ = c.monitor.pick(0)
+			verify = minLSN
+		}
 		if r != nil {
 			p, err := c.pool(r.backend, database, user)
 			if err != nil {
@@ -95,13 +143,9 @@ func (c *Cluster) Route(database, user string, readOnly bool, minLSN LSN) (Targe
 			}
 			r.inFlight.Add(1)
 			c.routedReplica.Add(1)
-			return Target{Pool: p, replica: r, start: start}, nil
+			return Target{Pool: p, replica: r, start: start, MinLSN: verify}, nil
 		}
-		if stale {
-			c.staleAvoided.Add(1)
-		} else {
-			c.fallbacks.Add(1)
-		}
+		c.fallbacks.Add(1)
 	}
 	p, err := c.Primary(database, user)
 	if err != nil {

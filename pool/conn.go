@@ -107,6 +107,9 @@ func (c *Conn) Flush() error {
 	return err
 }
 
+// Release hands the connection back to its pool; see Pool.Release.
+func (c *Conn) Release() { c.pool.Release(c) }
+
 // MarkBroken records that the connection is in an unknown state; the pool
 // closes it instead of reusing it.
 func (c *Conn) MarkBroken() { c.broken = true }

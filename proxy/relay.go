@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
 	"strings"
 	"time"
 
@@ -174,14 +175,32 @@ func (ss *session) handle(t byte, msg []byte) bool {
 			ss.mu.Unlock()
 			return ss.writeClient(out, !ss.rd.HasFrame()) == nil
 		}
+		readOnly := ss.routing && ss.readOnlyLocked(t, msg)
+		minLSN := ss.minLSN
 		ss.mu.Unlock()
-		var err error
-		sc, err = ss.acquire()
+		target, err := ss.srv.cluster.Route(ss.database, ss.user, readOnly, minLSN)
+		if err == nil {
+			sc, err = ss.acquire(target.Pool)
+			if err != nil {
+				target.Done(ss.srv.cluster, err)
+			} else if !ss.replayed(target, sc) {
+				// The replica has not caught up with the client's last
+				// write: read on the primary.
+				sc.Release()
+				target.Done(ss.srv.cluster, nil)
+				target, err = ss.srv.cluster.Route(ss.database, ss.user, false, 0)
+				if err == nil {
+					sc, err = ss.acquire(target.Pool)
+				}
+			}
+		}
 		if err != nil {
 			return ss.attachFailed(t, err)
 		}
 		ss.attach(sc)
 		ss.mu.Lock()
+		ss.target = target
+		ss.wrote = false
 	}
 	if t == 'S' {
 		ss.skipping = false
@@ -225,7 +244,7 @@ func (ss *session) handle(t byte, msg []byte) bool {
 	ss.releaseAfterWrite = nil
 	ss.mu.Unlock()
 	if rel != nil {
-		ss.pool.Release(rel)
+		rel.Release()
 	}
 	if err != nil {
 		ss.fail(&Error{Severity: severityFatal, Code: codeConnectionFailure, Message: "lost connection to the server", Err: err})
@@ -258,7 +277,10 @@ func (ss *session) answerLocallyLocked(t byte, msg []byte) ([]byte, bool) {
 			return nil, false
 		}
 		ss.inBatch = true
-		ss.noteSQLLocked(classify.ScanSession(string(query)))
+		ss.noteSQLLocked(string(query))
+		if ss.routing {
+			cs.readOnly = ss.classifyReadOnlyLocked(string(query))
+		}
 		ss.stmts[string(name)] = cs
 		return []byte{'1', 0, 0, 0, 4}, true
 	case 'C':
@@ -285,12 +307,15 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 		if !ok {
 			return fatalf(codeProtocolViolation, "invalid Parse message")
 		}
+		ro := false
 		if tx {
-			ss.noteSQLLocked(classify.ScanSession(string(query)))
+			ss.noteSQLLocked(string(query))
+			ro = ss.noteRouteLocked(string(query))
 		}
 		if !tx || len(name) == 0 {
 			if tx {
 				ss.unnamed = append(ss.unnamed[:0], msg...)
+				ss.unnamedRO = ro
 				sc.SetUnnamedOwner(ss)
 			}
 			ss.send(msg, reply{kind: replyForward, msg: 'P'})
@@ -302,6 +327,7 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 			return nil
 		}
 		cs := newClientStmt(query, types, ss.settings["search_path"])
+		cs.readOnly = ro
 		ss.stmts[n] = cs
 		if sc.HasPrepared(cs.server) {
 			ss.enqueueLocked(reply{kind: replyParseComplete, client: n})
@@ -370,8 +396,9 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 			// A simple Query destroys the unnamed statement.
 			ss.unnamed = ss.unnamed[:0]
 			sc.SetUnnamedOwner(nil)
-			scan := classify.ScanSession(cstring(body))
-			ss.noteSQLLocked(scan)
+			text := cstring(body)
+			scan := ss.noteSQLLocked(text)
+			ss.noteRouteLocked(text)
 			if _, ok := ss.stmts[scan.Deallocate]; ok && scan.Deallocate != "" {
 				delete(ss.stmts, scan.Deallocate)
 				ss.enqueueLocked(reply{kind: replyDeallocate})
@@ -515,9 +542,21 @@ func (ss *session) copyInStarted() {
 
 // noteSQLLocked records what a statement may do to the session, to be
 // checked at the next safe point.
-func (ss *session) noteSQLLocked(scan classify.Session) {
+func (ss *session) noteSQLLocked(sql string) classify.Session {
+	scan := classify.ScanSession(sql)
 	if scan.Settings {
 		ss.dirtySettings = true
+		// Custom settings (app.tenant, kproxy.target) are not in
+		// pg_settings: remember their names to read them back.
+		for _, m := range customSettingRE.FindAllStringSubmatch(sql, -1) {
+			name := strings.ToLower(m[1] + m[2])
+			if ss.customSettings == nil {
+				ss.customSettings = map[string]bool{}
+			}
+			if len(ss.customSettings) < maxCustomSettings {
+				ss.customSettings[name] = true
+			}
+		}
 	}
 	switch {
 	case scan.Pin == classify.EffectLoad:
@@ -528,6 +567,7 @@ func (ss *session) noteSQLLocked(scan classify.Session) {
 	case scan.MayRelease && ss.pin != classify.EffectNone:
 		ss.checkPins = true
 	}
+	return scan
 }
 
 // failBatchLocked handles an ErrorResponse to the extended-protocol message
@@ -598,6 +638,11 @@ func (ss *session) relayServer(sc *pool.Conn, done chan struct{}) {
 			leaving := ss.leaving
 			ss.mu.Unlock()
 			if !leaving {
+				ss.mu.Lock()
+				target := ss.target
+				ss.target = pool.Target{}
+				ss.mu.Unlock()
+				target.Done(ss.srv.cluster, err)
 				ss.log.Info("server connection lost", zap.Uint32("server_pid", sc.PID()), zap.Error(err))
 				ss.kill(&Error{Severity: severityFatal, Code: codeConnectionFailure,
 					Message: "server closed the connection unexpectedly", Err: err})
@@ -690,7 +735,7 @@ func (ss *session) readyForQueryLocked(sc *pool.Conn, st byte, post *[]byte) boo
 	*post = ss.takeMadeUpLocked((*post)[:0])
 	tx := ss.mode == config.PoolModeTransaction
 	safe := ss.idleLocked()
-	if safe && tx && !ss.leaving && (ss.dirtySettings || ss.checkPins) {
+	if safe && tx && !ss.leaving && (ss.dirtySettings || ss.checkPins || ss.wrote) {
 		ch := make(chan struct{})
 		ss.checking = ch
 		// The client goroutine may still be returning from its Flush.
@@ -706,7 +751,10 @@ func (ss *session) readyForQueryLocked(sc *pool.Conn, st byte, post *[]byte) boo
 	}
 	detach := safe && tx && ss.pin == classify.EffectNone && !ss.leaving
 	release := detach
+	var target pool.Target
 	if detach {
+		target = ss.target
+		ss.target = pool.Target{}
 		ss.server = nil
 		ss.serverDone = nil
 		if ss.writing {
@@ -721,7 +769,10 @@ func (ss *session) readyForQueryLocked(sc *pool.Conn, st byte, post *[]byte) boo
 		_, werr = ss.w.Write(*post)
 	}
 	if release {
-		ss.pool.Release(sc)
+		sc.Release()
+	}
+	if detach {
+		target.Done(ss.srv.cluster, nil)
 	}
 	if werr == nil {
 		werr = ss.w.Flush()
@@ -757,34 +808,70 @@ const pinCheckSQL = `SELECT (SELECT count(*) FROM pg_catalog.pg_listening_channe
 var pinOrder = [...]classify.Effect{classify.EffectListen, classify.EffectAdvisoryLock,
 	classify.EffectTempTable, classify.EffectHoldCursor, classify.EffectPrepare}
 
-const settingsSQL = `SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session';`
+const settingsSQL = `SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session'`
+
+// customSettingRE finds custom (dotted) setting names in SET, RESET and
+// set_config calls.
+var customSettingRE = regexp.MustCompile(`(?i)(?:\b(?:set|reset)\s+(?:session\s+)?|set_config\s*\(\s*')([a-z_][a-z0-9_$]*)(\.[a-z_][a-z0-9_$]*)`)
+
+// maxCustomSettings bounds the custom setting names remembered per client.
+const maxCustomSettings = 100
+
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
 // checkSession reads back from the server, at a safe point, whether the
 // client still holds state that pins it and which settings its session has
 // now, so that they can follow it to other server connections.
 func (ss *session) checkSession(sc *pool.Conn) {
 	ss.mu.Lock()
-	pins, settings := ss.checkPins, ss.dirtySettings
-	ss.checkPins, ss.dirtySettings = false, false
+	pins, settings, wrote := ss.checkPins, ss.dirtySettings, ss.wrote
+	ss.checkPins, ss.dirtySettings, ss.wrote = false, false, false
+	custom := make([]string, 0, len(ss.customSettings))
+	for n := range ss.customSettings {
+		custom = append(custom, n)
+	}
 	ss.mu.Unlock()
 	var q strings.Builder
+	if wrote {
+		// Where the client's write ended, for read-your-writes.
+		q.WriteString("SELECT pg_catalog.pg_current_wal_insert_lsn()::text;")
+	}
 	if pins {
 		q.WriteString(pinCheckSQL)
 	}
 	if settings {
 		q.WriteString(settingsSQL)
+		if len(custom) > 0 {
+			q.WriteString(" UNION ALL SELECT n, pg_catalog.current_setting(n, true) FROM pg_catalog.unnest(ARRAY[")
+			for i, n := range custom {
+				if i > 0 {
+					q.WriteString(",")
+				}
+				q.WriteString(quoteLiteral(n))
+			}
+			q.WriteString("]::text[]) n WHERE pg_catalog.current_setting(n, true) <> ''")
+		}
+		q.WriteString(";")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	sets, err := sc.Query(ctx, q.String())
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	if err != nil || len(sets) != btoi(pins)+btoi(settings) {
+	if err != nil || len(sets) != btoi(wrote)+btoi(pins)+btoi(settings) {
 		ss.log.Warn("could not read back session state; keeping the client on its server connection", zap.Error(err))
 		if ss.pin == classify.EffectNone {
 			ss.setPinLocked(classify.EffectSetting)
 		}
 		return
+	}
+	if wrote {
+		if len(sets[0]) == 1 && len(sets[0][0]) == 1 {
+			if lsn, err := pool.ParseLSN(sets[0][0][0]); err == nil && lsn > ss.minLSN {
+				ss.minLSN = lsn
+			}
+		}
+		sets = sets[1:]
 	}
 	if pins {
 		pin := classify.EffectNone

@@ -30,6 +30,8 @@ type Server struct {
 	tls     atomic.Pointer[tls.Config] // nil: SSLRequest is declined
 	auth    *authenticator
 	stats   counters
+	// classifier decides which statements may run on replicas.
+	classifier *classify.Classifier
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{} // guarded by mu
@@ -39,6 +41,10 @@ type Server struct {
 	idle      chan struct{}             // guarded by mu; closed when draining and no sessions are left
 	wg        sync.WaitGroup
 }
+
+// classifierCacheSize bounds the statement shapes whose classification is
+// cached.
+const classifierCacheSize = 10000
 
 type cancelKey struct {
 	pid    uint32
@@ -57,12 +63,13 @@ type counters struct {
 // have passed validation.
 func New(cfg *config.Config, cluster *pool.Cluster, log *zap.Logger) (*Server, error) {
 	s := &Server{
-		log:       log,
-		cluster:   cluster,
-		auth:      newAuthenticator(),
-		listeners: map[net.Listener]struct{}{},
-		sessions:  map[*session]struct{}{},
-		byKey:     map[cancelKey]*session{},
+		log:        log,
+		cluster:    cluster,
+		auth:       newAuthenticator(),
+		classifier: classify.New(classifierCacheSize, nil),
+		listeners:  map[net.Listener]struct{}{},
+		sessions:   map[*session]struct{}{},
+		byKey:      map[cancelKey]*session{},
 	}
 	if err := s.Reload(cfg); err != nil {
 		return nil, err
@@ -230,16 +237,18 @@ func (s *Server) cancel(k cancelKey) {
 
 // Stats is a snapshot of the server's clients and counters.
 type Stats struct {
-	Clients          int                `json:"clients"`
-	ClientsAttached  int                `json:"clients_attached"`
-	Accepted         int64              `json:"connections_accepted"`
-	LoginsFailed     int64              `json:"logins_failed"`
-	CancelsForwarded int64              `json:"cancel_requests"`
-	PinnedClients    map[string]int     `json:"pinned_clients"`
-	PinsTotal        map[string]int64   `json:"pins_total"`
-	PinSeconds       map[string]float64 `json:"pin_seconds_total"`
-	Pools            []pool.Stats       `json:"pools"`
-	ClientList       []ClientStats      `json:"client_list"`
+	Clients          int                 `json:"clients"`
+	ClientsAttached  int                 `json:"clients_attached"`
+	Accepted         int64               `json:"connections_accepted"`
+	LoginsFailed     int64               `json:"logins_failed"`
+	CancelsForwarded int64               `json:"cancel_requests"`
+	PinnedClients    map[string]int      `json:"pinned_clients"`
+	PinsTotal        map[string]int64    `json:"pins_total"`
+	PinSeconds       map[string]float64  `json:"pin_seconds_total"`
+	Pools            []pool.Stats        `json:"pools"`
+	ClientList       []ClientStats       `json:"client_list"`
+	Routing          pool.RoutingStats   `json:"routing"`
+	Classifier       classify.CacheStats `json:"classifier"`
 }
 
 // ClientStats describes one logged-in client.
@@ -269,6 +278,8 @@ func (s *Server) Stats() Stats {
 		PinsTotal:        map[string]int64{},
 		PinSeconds:       map[string]float64{},
 		Pools:            s.cluster.Stats(),
+		Routing:          s.cluster.RoutingStats(),
+		Classifier:       s.classifier.Stats(),
 	}
 	s.mu.Lock()
 	sessions := make([]*session, 0, len(s.sessions))

@@ -62,8 +62,16 @@ type session struct {
 	toServer  []byte // messages to write to the server connection
 	toClient  []byte // responses kproxy makes up, to write to the client
 
+	// routing is set in transaction mode with replicas configured: each
+	// transaction goes where the router sends it.
+	routing bool
+
 	mu         sync.Mutex
 	server     *pool.Conn    // guarded by mu
+	target     pool.Target   // guarded by mu; where server came from
+	minLSN     pool.LSN      // guarded by mu; the primary's WAL position after the client's last write
+	wrote      bool          // guarded by mu; the attached transaction sent a write to the primary
+	unnamedRO  bool          // guarded by mu; the client's unnamed statement is read-only
 	serverDone chan struct{} // guarded by mu; closed when relayServer returns
 	// replies lists, in order, what the server owes for the messages sent
 	// to it and the responses kproxy must make up in between.
@@ -81,10 +89,13 @@ type session struct {
 	// dirtySettings and checkPins ask relayServer to read the session state
 	// back from the server at the next safe point; checking is non-nil
 	// while it does.
-	dirtySettings bool          // guarded by mu
-	checkPins     bool          // guarded by mu
-	checking      chan struct{} // guarded by mu
-	leaving       bool          // guarded by mu; the client is gone, relayServer must stop
+	dirtySettings bool // guarded by mu
+	// customSettings names the custom (dotted) settings the client set,
+	// which pg_settings does not list.
+	customSettings map[string]bool // guarded by mu
+	checkPins      bool            // guarded by mu
+	checking       chan struct{}   // guarded by mu
+	leaving        bool            // guarded by mu; the client is gone, relayServer must stop
 	// writing is set while the client goroutine writes to the server; a
 	// detach that happens meanwhile leaves the release to it.
 	writing           bool       // guarded by mu
@@ -110,6 +121,7 @@ func newSession(srv *Server, cfg *config.Config, st *startup) *session {
 		stmts:     map[string]*clientStmt{},
 	}
 	ss.changed.L = &ss.mu
+	ss.routing = ss.mode == config.PoolModeTransaction && len(cfg.Replicas) > 0 && cfg.Routing.ReplicaReads
 	ss.settingsKey = pool.SettingsKey(ss.settings)
 	return ss
 }
@@ -149,7 +161,7 @@ func (ss *session) login() error {
 		return err
 	}
 	ss.pool = p
-	sc, err := ss.acquire()
+	sc, err := ss.acquire(p)
 	if err != nil {
 		return err
 	}
@@ -190,21 +202,21 @@ func secretBytes(s uint32) []byte {
 	return []byte{byte(s >> 24), byte(s >> 16), byte(s >> 8), byte(s)}
 }
 
-// acquire takes a server connection from the pool and applies the client's
+// acquire takes a server connection from p and applies the client's
 // settings to it.
-func (ss *session) acquire() (*pool.Conn, error) {
-	limits := ss.pool.Limits()
+func (ss *session) acquire(p *pool.Pool) (*pool.Conn, error) {
+	limits := p.Limits()
 	ctx, cancel := context.WithTimeout(context.Background(), limits.AcquireTimeout+limits.ConnectTimeout)
 	defer cancel()
 	ss.mu.Lock()
 	settings, key := ss.settings, ss.settingsKey
 	ss.mu.Unlock()
-	sc, err := ss.pool.AcquirePreferring(ctx, key)
+	sc, err := p.AcquirePreferring(ctx, key)
 	if err != nil {
 		return nil, err
 	}
 	if err := sc.Sync(ctx, settings); err != nil {
-		ss.pool.Release(sc) // Sync marked it broken; the pool closes it
+		sc.Release() // Sync marked it broken; the pool closes it
 		return nil, err
 	}
 	return sc, nil
@@ -316,6 +328,8 @@ func (ss *session) close() {
 	ss.mu.Lock()
 	clean := ss.idleLocked() && ss.checking == nil
 	ss.server = nil
+	target := ss.target
+	ss.target = pool.Target{}
 	pinned := ss.pin != classify.EffectNone || ss.loaded
 	ss.endPinLocked()
 	ss.mu.Unlock()
@@ -330,7 +344,8 @@ func (ss *session) close() {
 		}
 		cancel()
 	}
-	ss.pool.Release(sc)
+	target.Done(ss.srv.cluster, nil)
+	sc.Release()
 }
 
 // cstring returns the NUL-terminated string at the start of b.

@@ -11,8 +11,9 @@ import (
 // server-side name is derived from the query text and parameter types, so
 // clients preparing the same statement share one server statement.
 type clientStmt struct {
-	server string // server-side statement name
-	parse  []byte // Parse frame that prepares it under the server name
+	server   string // server-side statement name
+	parse    []byte // Parse frame that prepares it under the server name
+	readOnly bool   // may run on a replica
 }
 
 // serverStmtPrefix marks statements kproxy prepares on server connections.

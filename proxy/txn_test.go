@@ -435,3 +435,21 @@ func TestNamedStatementsBehaveAsOnARealConnection(t *testing.T) {
 	require.NoError(t, res.Err)
 	assert.Equal(t, "44", string(res.Rows[0][0]))
 }
+
+func TestCustomSettingsFollowTheClient(t *testing.T) {
+	p := startProxy(t, transactionMode(3))
+	ctx := context.Background()
+	a := connect(t, p.DSN("postgres", "postgres", ""), pgx.QueryExecModeSimpleProtocol)
+	b := connect(t, p.DSN("postgres", "postgres", ""), pgx.QueryExecModeSimpleProtocol)
+	_, err := a.Exec(ctx, "SET app.tenant = 'acme'")
+	require.NoError(t, err)
+	_, err = b.Exec(ctx, "SELECT set_config('app.tenant', 'globex', false)")
+	require.NoError(t, err)
+	for range 20 {
+		var got string
+		require.NoError(t, a.QueryRow(ctx, "SELECT current_setting('app.tenant', true)").Scan(&got))
+		assert.Equal(t, "acme", got)
+		require.NoError(t, b.QueryRow(ctx, "SELECT current_setting('app.tenant', true)").Scan(&got))
+		assert.Equal(t, "globex", got)
+	}
+}

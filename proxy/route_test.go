@@ -1,0 +1,173 @@
+package proxy_test
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kproxy/kproxy/config"
+	"github.com/kproxy/kproxy/internal/pgtest"
+)
+
+// withReplica adds the test cluster's replica to a transaction-mode proxy.
+func withReplica(max int) func(*config.Config) {
+	return func(c *config.Config) {
+		transactionMode(max)(c)
+		b, err := config.ParseBackend(pgtest.Get().ReplicaAddr)
+		if err != nil {
+			panic(err)
+		}
+		c.Replicas = []config.Backend{b}
+		c.Routing.CheckPeriod = 100 * time.Millisecond
+		c.Routing.ReadYourWritesWait = 100 * time.Millisecond
+	}
+}
+
+func onReplica(t *testing.T, conn *pgx.Conn, sql string) bool {
+	t.Helper()
+	var r bool
+	require.NoError(t, conn.QueryRow(context.Background(), sql).Scan(&r), sql)
+	return r
+}
+
+func TestReadsGoToTheReplicaAndEverythingElseToThePrimary(t *testing.T) {
+	p := startProxy(t, withReplica(4))
+	ctx := context.Background()
+	// Production's synchronous_commit=on (the test cluster turns it off):
+	// a commit reaches the replica at once.
+	conn := connect(t, p.DSN("postgres", "postgres", "options='-c synchronous_commit=on'"), pgx.QueryExecModeSimpleProtocol)
+	_, err := conn.Exec(ctx, "CREATE SEQUENCE IF NOT EXISTS route_seq")
+	require.NoError(t, err)
+
+	assert.True(t, onReplica(t, conn, "SELECT pg_is_in_recovery()"), "a plain read")
+	assert.False(t, onReplica(t, conn, "SELECT pg_is_in_recovery() FROM (SELECT nextval('route_seq')) s"), "nextval writes")
+	assert.False(t, onReplica(t, conn, "/* kproxy:primary */ SELECT pg_is_in_recovery()"), "a primary hint")
+
+	_, err = conn.Exec(ctx, "SET kproxy.target = 'primary'")
+	require.NoError(t, err)
+	assert.False(t, onReplica(t, conn, "SELECT pg_is_in_recovery()"), "kproxy.target = primary")
+	_, err = conn.Exec(ctx, "SET kproxy.target = 'auto'")
+	require.NoError(t, err)
+	assert.True(t, onReplica(t, conn, "SELECT pg_is_in_recovery()"), "kproxy.target = auto")
+
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
+	require.NoError(t, err)
+	var inRecovery bool
+	require.NoError(t, tx.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery))
+	assert.True(t, inRecovery, "BEGIN READ ONLY")
+	require.NoError(t, tx.Commit(ctx))
+
+	tx, err = conn.Begin(ctx)
+	require.NoError(t, err)
+	require.NoError(t, tx.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery))
+	assert.False(t, inRecovery, "a read-write transaction")
+	require.NoError(t, tx.Commit(ctx))
+
+	// The extended protocol routes the same way, named statements included.
+	ext := connect(t, p.DSN("postgres", "postgres", ""), pgx.QueryExecModeCacheStatement)
+	for range 3 {
+		assert.True(t, onReplica(t, ext, "SELECT pg_is_in_recovery()"))
+	}
+	rs := p.Server.Stats().Routing
+	assert.Positive(t, rs.RoutedReplica)
+	require.Len(t, rs.Replicas, 1)
+	assert.True(t, rs.Replicas[0].Healthy)
+}
+
+func TestASessionReadsItsOwnWrites(t *testing.T) {
+	p := startProxy(t, withReplica(4))
+	ctx := context.Background()
+	admin := connect(t, directDSN("postgres", "postgres", ""), pgx.QueryExecModeExec)
+	_, err := admin.Exec(ctx, "DROP TABLE IF EXISTS ryw; CREATE TABLE ryw (id int PRIMARY KEY)")
+	require.NoError(t, err)
+
+	conn := connect(t, p.DSN("postgres", "postgres", "options='-c synchronous_commit=on'"), pgx.QueryExecModeExec)
+	iterations := 10000
+	if testing.Short() {
+		iterations = 1000
+	}
+	onReplicaReads := 0
+	for i := range iterations {
+		_, err := conn.Exec(ctx, "INSERT INTO ryw VALUES ($1)", i)
+		require.NoError(t, err)
+		var found, replica bool
+		require.NoError(t, conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM ryw WHERE id = $1), pg_is_in_recovery()", i).Scan(&found, &replica))
+		require.True(t, found, "iteration %d read stale data (on the replica: %v)", i, replica)
+		if replica {
+			onReplicaReads++
+		}
+	}
+	rs := p.Server.Stats().Routing
+	t.Logf("%d insert-then-read iterations: 0 stale reads, %d reads (%.1f%%) served by the replica, %d stale reads avoided",
+		iterations, onReplicaReads, 100*float64(onReplicaReads)/float64(iterations), rs.StaleReadsAvoided)
+}
+
+func TestPgbenchSelectOnlyIsServedMostlyByTheReplica(t *testing.T) {
+	if testing.Short() {
+		t.Skip("load test")
+	}
+	pgbench := pgClient(t, "pgbench")
+	p := startProxy(t, withReplica(8))
+	const database = "kproxy_pgbench"
+	ensurePgbenchDatabase(t, database)
+	replica := connect(t, pgtest.Get().DSN(pgtest.Get().ReplicaAddr, database, pgtest.Superuser), pgx.QueryExecModeExec)
+	commits := func() int64 {
+		var n int64
+		require.NoError(t, replica.QueryRow(context.Background(), "SELECT pg_stat_get_db_xact_commit(oid) FROM pg_database WHERE datname = $1", database).Scan(&n))
+		return n
+	}
+	for _, script := range []string{"select-only", "tpcb-like"} {
+		t.Run(script, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			_, _ = replica.Exec(ctx, "SELECT pg_stat_clear_snapshot()")
+			before := commits()
+			stdout, stderr, err := runClient(ctx, proxyEnv(p, database, "pgbench"), "", pgbench,
+				"-n", "-b", script, "-c", "16", "-j", "2", "-T", "3", "-M", "simple")
+			out := stdout + stderr
+			require.NoError(t, err, out)
+			m := pgbenchFailedRE.FindStringSubmatch(out)
+			require.NotNil(t, m, out)
+			assert.Equal(t, "0", m[1], out)
+			m = pgbenchProcessedRE.FindStringSubmatch(out)
+			require.NotNil(t, m, out)
+			processed, _ := strconv.Atoi(m[1])
+			// The statistics collector reports with a delay.
+			time.Sleep(700 * time.Millisecond)
+			_, _ = replica.Exec(ctx, "SELECT pg_stat_clear_snapshot()")
+			served := commits() - before
+			share := float64(served) / float64(processed)
+			t.Logf("pgbench %s: %d transactions, %d committed on the replica (%.0f%%)", script, processed, served, 100*share)
+			if script == "select-only" {
+				assert.GreaterOrEqual(t, share, 0.4, "replica share")
+			}
+			assert.NotContains(t, strings.ToLower(out), "read-only transaction", "a write reached the replica")
+		})
+	}
+	t.Logf("routing: %+v", p.Server.Stats().Routing)
+}
+
+// ensurePgbenchDatabase makes sure database holds pgbench's tables, and
+// that the replica has them too.
+func ensurePgbenchDatabase(t *testing.T, database string) {
+	t.Helper()
+	ensureDatabase(t, database)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	admin := connect(t, directDSN(pgtest.Superuser, database, ""), pgx.QueryExecModeExec)
+	var exists bool
+	require.NoError(t, admin.QueryRow(ctx, "SELECT to_regclass('pgbench_accounts') IS NOT NULL").Scan(&exists))
+	if !exists {
+		host, port, _ := strings.Cut(pgtest.Get().PrimaryAddr, ":")
+		env := []string{"PGHOST=" + host, "PGPORT=" + port, "PGUSER=" + pgtest.Superuser, "PGDATABASE=" + database}
+		stdout, stderr, err := runClient(ctx, env, "", pgClient(t, "pgbench"), "-i", "-s", "10", "-q")
+		require.NoError(t, err, "%s%s", stdout, stderr)
+	}
+	require.NoError(t, pgtest.Get().WaitReplicaCaughtUp(ctx))
+}
