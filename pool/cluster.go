@@ -2,6 +2,7 @@ package pool
 
 import (
 	"context"
+	"fmt"
 	"sort"
 	"strconv"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
 
 	"github.com/kproxy/kproxy/config"
@@ -162,6 +164,40 @@ func (c *Cluster) pool(b config.Backend, database, user string) (*Pool, error) {
 		return nil, ErrClosed
 	}
 	return c.poolLocked(b, database, user)
+}
+
+// VolatileFunctions lists the primary's user-defined functions that are
+// neither IMMUTABLE nor STABLE, by name and schema-qualified name, for the
+// classifier: calls to them must run on the primary.
+func (c *Cluster) VolatileFunctions(ctx context.Context) ([]string, error) {
+	c.mu.Lock()
+	cfg := c.cfg
+	c.mu.Unlock()
+	dsn := fmt.Sprintf("host='%s' port=%d dbname='%s' user='%s' sslmode=%s application_name=kproxy_catalog",
+		escapeDSN(cfg.Primary.Host), cfg.Primary.Port, escapeDSN(cfg.Routing.MonitorDatabase),
+		escapeDSN(cfg.Routing.MonitorUser), cfg.BackendTLS.SSLMode)
+	pc, err := pgconn.ParseConfig(dsn)
+	if err != nil {
+		return nil, err
+	}
+	pc.Password = cfg.Routing.MonitorPassword
+	conn, err := pgconn.ConnectConfig(ctx, pc)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(context.Background())
+	res := conn.ExecParams(ctx, `SELECT p.proname, n.nspname || '.' || p.proname
+ FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+ WHERE p.provolatile = 'v' AND p.prokind IN ('f', 'p')
+ AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_%'`, nil, nil, nil, nil).Read()
+	if res.Err != nil {
+		return nil, res.Err
+	}
+	names := make([]string, 0, 2*len(res.Rows))
+	for _, r := range res.Rows {
+		names = append(names, string(r[0]), string(r[1]))
+	}
+	return names, nil
 }
 
 // RoutingStats is a snapshot of routing decisions and replica states.

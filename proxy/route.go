@@ -25,6 +25,9 @@ func (ss *session) replayed(t pool.Target, sc *pool.Conn) bool {
 // setting kproxy.target (primary, replica or auto).
 func (ss *session) classifyReadOnlyLocked(sql string) bool {
 	r := ss.srv.classifier.Classify(sql)
+	if r.Kind == classify.KindDDL {
+		ss.srv.requestRefresh() // it may have created or changed a function
+	}
 	ro := r.ReadOnly
 	if r.Flags&classify.FlagTxControl != 0 {
 		// BEGIN READ ONLY may run on a replica; any other transaction

@@ -25,7 +25,7 @@ func withReplica(max int) func(*config.Config) {
 		}
 		c.Replicas = []config.Backend{b}
 		c.Routing.CheckPeriod = 100 * time.Millisecond
-		c.Routing.ReadYourWritesWait = 100 * time.Millisecond
+		c.Routing.ReadYourWritesWait = 2 * time.Second // generous: the machine may be loaded
 	}
 }
 
@@ -170,4 +170,18 @@ func ensurePgbenchDatabase(t *testing.T, database string) {
 		require.NoError(t, err, "%s%s", stdout, stderr)
 	}
 	require.NoError(t, pgtest.Get().WaitReplicaCaughtUp(ctx))
+}
+
+func TestCallsToVolatileUserFunctionsGoToThePrimary(t *testing.T) {
+	p := startProxy(t, withReplica(4))
+	ctx := context.Background()
+	conn := connect(t, p.DSN("postgres", "postgres", "options='-c synchronous_commit=on'"), pgx.QueryExecModeSimpleProtocol)
+	_, err := conn.Exec(ctx, `CREATE OR REPLACE FUNCTION route_bump() RETURNS bool LANGUAGE sql VOLATILE AS 'SELECT pg_is_in_recovery()'`)
+	require.NoError(t, err)
+	_, err = conn.Exec(ctx, `CREATE OR REPLACE FUNCTION route_pure() RETURNS bool LANGUAGE sql STABLE AS 'SELECT pg_is_in_recovery()'`)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		return !onReplica(t, conn, "SELECT route_bump()")
+	}, 5*time.Second, 50*time.Millisecond, "a volatile function must run on the primary")
+	assert.True(t, onReplica(t, conn, "SELECT route_pure()"), "a stable function may run on the replica")
 }

@@ -30,8 +30,13 @@ type Server struct {
 	tls     atomic.Pointer[tls.Config] // nil: SSLRequest is declined
 	auth    *authenticator
 	stats   counters
-	// classifier decides which statements may run on replicas.
-	classifier *classify.Classifier
+	// classifier decides which statements may run on replicas; with
+	// replicas configured, refresh asks for its list of volatile user
+	// functions to be reloaded from the primary.
+	classifier  *classify.Classifier
+	refresh     chan struct{}
+	stopRefresh chan struct{}
+	refreshDone chan struct{}
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{} // guarded by mu
@@ -74,7 +79,52 @@ func New(cfg *config.Config, cluster *pool.Cluster, log *zap.Logger) (*Server, e
 	if err := s.Reload(cfg); err != nil {
 		return nil, err
 	}
+	s.refresh = make(chan struct{}, 1)
+	s.stopRefresh = make(chan struct{})
+	s.refreshDone = make(chan struct{})
+	if len(cfg.Replicas) > 0 {
+		s.refresh <- struct{}{}
+		go s.refreshFunctions()
+	} else {
+		close(s.refreshDone)
+	}
 	return s, nil
+}
+
+// refreshFunctions reloads the volatile user functions from the primary
+// whenever asked (at start and after DDL), until Shutdown.
+func (s *Server) refreshFunctions() {
+	defer close(s.refreshDone)
+	for {
+		select {
+		case <-s.stopRefresh:
+			return
+		case <-s.refresh:
+		}
+		// Let the DDL that asked commit first.
+		select {
+		case <-s.stopRefresh:
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		names, err := s.cluster.VolatileFunctions(ctx)
+		cancel()
+		if err != nil {
+			s.log.Warn("could not load volatile functions from the primary", zap.Error(err))
+			continue
+		}
+		s.classifier.SetVolatileFunctions(names)
+		s.log.Debug("volatile functions loaded", zap.Int("count", len(names)/2))
+	}
+}
+
+// requestRefresh asks for the volatile functions to be reloaded.
+func (s *Server) requestRefresh() {
+	select {
+	case s.refresh <- struct{}{}:
+	default:
+	}
 }
 
 // Reload applies a new configuration: users, authentication, TLS
@@ -163,6 +213,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, ss := range sessions {
 		ss.closeIfIdle()
 	}
+	select {
+	case <-s.stopRefresh:
+	default:
+		close(s.stopRefresh)
+	}
+	<-s.refreshDone
 	var err error
 	select {
 	case <-idle:
