@@ -40,6 +40,15 @@
 // while that state exists. The client goroutine waits while the read-back
 // runs, so nothing else is on the connection meanwhile.
 //
+// # Routing
+//
+// In transaction mode with replicas configured, the first message of each
+// transaction decides where it runs (see route.go): the classifier's
+// ReadOnly verdict, adjusted by comment hints and the kproxy.target
+// setting, goes to pool.Cluster.Route. After a transaction that wrote on the
+// primary, the safe-point read-back also reads pg_current_wal_insert_lsn(),
+// and the client's later reads go only to replicas that have replayed it.
+//
 // # Errors
 //
 // Every failure a client sees is an ErrorResponse with a SQLSTATE, built in
@@ -57,6 +66,8 @@
 //
 // # What it does not do
 //
-// It does not choose backends (package pool does) and does not proxy
-// replication connections or GSSAPI encryption.
+// It does not choose backends (package pool does), does not route
+// session-mode clients to replicas, does not move a transaction that
+// turns out to write from a replica to the primary (the replica answers
+// 25006), and does not proxy replication connections or GSSAPI encryption.
 package proxy
