@@ -2,7 +2,6 @@ package pool
 
 import (
 	"context"
-	"fmt"
 	"sort"
 	"strconv"
 	"strings"
@@ -173,14 +172,10 @@ func (c *Cluster) VolatileFunctions(ctx context.Context) ([]string, error) {
 	c.mu.Lock()
 	cfg := c.cfg
 	c.mu.Unlock()
-	dsn := fmt.Sprintf("host='%s' port=%d dbname='%s' user='%s' sslmode=%s application_name=kproxy_catalog",
-		escapeDSN(cfg.Primary.Host), cfg.Primary.Port, escapeDSN(cfg.Routing.MonitorDatabase),
-		escapeDSN(cfg.Routing.MonitorUser), cfg.BackendTLS.SSLMode)
-	pc, err := pgconn.ParseConfig(dsn)
+	pc, err := monitorConfig(cfg.Routing, cfg.BackendTLS, cfg.Primary, "kproxy_catalog")
 	if err != nil {
 		return nil, err
 	}
-	pc.Password = cfg.Routing.MonitorPassword
 	conn, err := pgconn.ConnectConfig(ctx, pc)
 	if err != nil {
 		return nil, err

@@ -141,13 +141,10 @@ func (m *monitor) query(ctx context.Context, b config.Backend, sql string) ([]st
 		m.mu.Lock()
 		r := m.cfg
 		m.mu.Unlock()
-		dsn := fmt.Sprintf("host='%s' port=%d dbname='%s' user='%s' sslmode=%s application_name=kproxy_monitor",
-			escapeDSN(b.Host), b.Port, escapeDSN(r.MonitorDatabase), escapeDSN(r.MonitorUser), m.tls.SSLMode)
-		pc, err := pgconn.ParseConfig(dsn)
+		pc, err := monitorConfig(r, m.tls, b, "kproxy_monitor")
 		if err != nil {
 			return nil, err
 		}
-		pc.Password = r.MonitorPassword
 		c, err = pgconn.ConnectConfig(ctx, pc)
 		if err != nil {
 			return nil, rootCause(err)
@@ -168,6 +165,19 @@ func (m *monitor) query(ctx context.Context, b config.Backend, sql string) ([]st
 		row[i] = string(v)
 	}
 	return row, nil
+}
+
+// monitorConfig is how kproxy's own connections (health checks, catalog
+// reads) log in to backend b.
+func monitorConfig(r config.Routing, tls config.BackendTLS, b config.Backend, appName string) (*pgconn.Config, error) {
+	dsn := fmt.Sprintf("host='%s' port=%d dbname='%s' user='%s' sslmode=%s application_name=%s",
+		escapeDSN(b.Host), b.Port, escapeDSN(r.MonitorDatabase), escapeDSN(r.MonitorUser), tls.SSLMode, appName)
+	pc, err := pgconn.ParseConfig(dsn)
+	if err != nil {
+		return nil, err
+	}
+	pc.Password = r.MonitorPassword
+	return pc, nil
 }
 
 // checkAll takes one measurement of the primary and every replica. Only the
