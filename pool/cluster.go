@@ -44,7 +44,25 @@ type Cluster struct {
 // With replicas configured, NewCluster measures them once before returning
 // and then every routing.check_period until Close.
 func NewCluster(cfg *config.Config, log *zap.Logger) *Cluster {
-	return &Cluster{log: log, cfg: cfg, pools: map[poolKey]*Pool{}, monitor: newMonitor(cfg, log)}
+	c := &Cluster{log: log, cfg: cfg, pools: map[poolKey]*Pool{}}
+	c.monitor = newMonitor(cfg, log, c.closeIdleOn)
+	return c
+}
+
+// closeIdleOn closes the idle connections to the backend at addr, which was
+// just ejected: they would fail the next transaction that took them.
+func (c *Cluster) closeIdleOn(addr string) {
+	c.mu.Lock()
+	var pools []*Pool
+	for k, p := range c.pools {
+		if k.addr == addr {
+			pools = append(pools, p)
+		}
+	}
+	c.mu.Unlock()
+	for _, p := range pools {
+		p.CloseIdle()
+	}
 }
 
 // Target is where one transaction runs: a pool, and for a replica the

@@ -81,10 +81,14 @@ type monitor struct {
 	primaryLSN LSN            // guarded by mu
 	replicas   []*replica     // guarded by mu; fixed after start
 	conns      map[string]*pgconn.PgConn
+	// onEject is called, without mu held, with the address of a replica
+	// just ejected.
+	onEject func(addr string)
 }
 
-func newMonitor(cfg *config.Config, log *zap.Logger) *monitor {
+func newMonitor(cfg *config.Config, log *zap.Logger, onEject func(addr string)) *monitor {
 	m := &monitor{
+		onEject: onEject,
 		log:     log,
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
@@ -197,8 +201,11 @@ func (m *monitor) checkAll() {
 		row, err := m.query(ctx, r.backend, `SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.pg_last_wal_replay_lsn()::text,
  coalesce(extract(epoch FROM now() - pg_catalog.pg_last_xact_replay_timestamp()), 0)::float8`)
 		m.mu.Lock()
-		m.updateLocked(r, row, err, primaryLSN)
+		ejected := m.updateLocked(r, row, err, primaryLSN)
 		m.mu.Unlock()
+		if ejected {
+			m.onEject(r.backend.Addr())
+		}
 	}
 	m.mu.Lock()
 	if primaryLSN > m.primaryLSN {
@@ -207,7 +214,7 @@ func (m *monitor) checkAll() {
 	m.mu.Unlock()
 }
 
-func (m *monitor) updateLocked(r *replica, row []string, err error, primaryLSN LSN) {
+func (m *monitor) updateLocked(r *replica, row []string, err error, primaryLSN LSN) (ejected bool) {
 	r.checkedAt = time.Now()
 	was := r.healthy
 	reason := ""
@@ -243,23 +250,30 @@ func (m *monitor) updateLocked(r *replica, row []string, err error, primaryLSN L
 	case was && !r.healthy:
 		r.ejections++
 		m.log.Warn("replica ejected", zap.String("replica", r.backend.Addr()), zap.String("reason", reason))
+		return true
 	case !was && r.healthy:
 		m.log.Info("replica admitted", zap.String("replica", r.backend.Addr()), zap.Int64("lag_bytes", r.lagBytes))
 	}
+	return false
 }
 
 // fail ejects the replica at addr at once, after a failure seen on one of
 // its connections; the next successful check readmits it.
 func (m *monitor) fail(addr string, err error) {
+	ejected := false
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	for _, r := range m.replicas {
 		if r.backend.Addr() == addr && r.healthy {
 			r.healthy = false
 			r.lastErr = err.Error()
 			r.ejections++
+			ejected = true
 			m.log.Warn("replica ejected", zap.String("replica", addr), zap.Error(err))
 		}
+	}
+	m.mu.Unlock()
+	if ejected {
+		m.onEject(addr)
 	}
 }
 

@@ -193,6 +193,21 @@ func (p *Pool) SetLimits(l config.Pool) {
 	}
 }
 
+// CloseIdle closes every idle connection, for a backend known to be down.
+func (p *Pool) CloseIdle() {
+	p.mu.Lock()
+	idle := p.idle
+	p.idle = nil
+	p.open -= len(idle)
+	for len(p.waiters) > 0 && p.open < p.limits.MaxConnections {
+		p.wakeLocked(nil)
+	}
+	p.mu.Unlock()
+	for _, c := range idle {
+		p.closeConn(c)
+	}
+}
+
 // Acquire returns a server connection for the caller's exclusive use, opening
 // one if the pool is below its maximum, or waiting up to the acquire timeout.
 // Cancelling ctx abandons the wait. The caller must hand the connection back

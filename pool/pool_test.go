@@ -266,3 +266,19 @@ func TestAcquirePreferringPicksAConnectionWhoseSettingsMatch(t *testing.T) {
 	assert.Equal(t, conns[1].PID(), c.PID(), "without a match, the most recently used")
 	p.Release(c)
 }
+
+func TestCloseIdleClosesOnlyIdleConnections(t *testing.T) {
+	p := newPool(t, func(l *config.Pool) { l.MaxConnections = 3 })
+	ctx := context.Background()
+	a, err := p.Acquire(ctx)
+	require.NoError(t, err)
+	b, err := p.Acquire(ctx)
+	require.NoError(t, err)
+	p.Release(b)
+	p.CloseIdle()
+	st := p.Stats()
+	assert.Equal(t, 1, st.Open)
+	assert.Zero(t, st.Idle)
+	require.NoError(t, a.Ping(ctx))
+	p.Release(a)
+}
