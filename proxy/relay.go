@@ -197,6 +197,10 @@ func (ss *session) handle(t byte, msg []byte) bool {
 		if err != nil {
 			return ss.attachFailed(t, err)
 		}
+		if ce := ss.log.Check(zap.DebugLevel, "transaction routed"); ce != nil {
+			ce.Write(zap.Bool("read_only", readOnly), zap.Bool("replica", target.Replica()),
+				zap.Stringer("min_lsn", minLSN), zap.Uint32("server_pid", sc.PID()))
+		}
 		ss.attach(sc)
 		ss.mu.Lock()
 		ss.target = target
