@@ -76,6 +76,9 @@ func ParseBackend(s string) (Backend, error) {
 	if err != nil {
 		return Backend{}, fmt.Errorf("backend %q: %s", s, err)
 	}
+	if strings.ContainsAny(host, "[]") || strings.IndexFunc(host, func(r rune) bool { return r <= ' ' || r == 0x7f }) >= 0 {
+		return Backend{}, fmt.Errorf("backend %q: invalid host %q", s, host)
+	}
 	b := Backend{Host: host, Port: DefaultPort}
 	if port != "" {
 		n, err := strconv.ParseUint(port, 10, 16)
