@@ -184,6 +184,7 @@ func (c *Conn) waitReady() error {
 	for {
 		t, msg, err := c.Next()
 		if err != nil {
+			c.broken = true // the answer is unread: the stream is out of step
 			return err
 		}
 		switch t {
@@ -391,6 +392,7 @@ func (c *Conn) Query(ctx context.Context, sql string) ([][][]string, error) {
 	for {
 		t, msg, err := c.Next()
 		if err != nil {
+			c.broken = true // the answer is unread: the stream is out of step
 			return nil, err
 		}
 		switch t {

@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"os"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -89,6 +91,11 @@ func errorResponse(err error) *pgproto3.ErrorResponse {
 		return &pgproto3.ErrorResponse{
 			Severity: severityFatal, SeverityUnlocalized: severityFatal, Code: codeProtocolViolation,
 			Message: "invalid message: " + err.Error(),
+		}
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
+		return &pgproto3.ErrorResponse{
+			Severity: severityError, SeverityUnlocalized: severityError, Code: codeConnectionFailure,
+			Message: "the server did not answer in time",
 		}
 	case errors.Is(err, pool.ErrClosed):
 		return &pgproto3.ErrorResponse{

@@ -115,10 +115,21 @@ func (ss *session) awaitAnswers() {
 	})
 	defer t.Stop()
 	ss.mu.Lock()
-	for ss.awaitingLocked() && ss.server != nil && !timedOut {
+	for ss.awaitingLocked() && ss.server != nil && !ss.serverGoneLocked() && !timedOut {
 		ss.changed.Wait()
 	}
 	ss.mu.Unlock()
+}
+
+// serverGoneLocked reports whether the server goroutine has stopped (the
+// server connection failed): no more answers will come.
+func (ss *session) serverGoneLocked() bool {
+	select {
+	case <-ss.serverDone:
+		return true
+	default:
+		return false
+	}
 }
 
 // awaitingLocked reports whether the server still owes answers it will

@@ -4,6 +4,8 @@ import (
 	"context"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -184,4 +186,90 @@ func TestCallsToVolatileUserFunctionsGoToThePrimary(t *testing.T) {
 		return !onReplica(t, conn, "SELECT route_bump()")
 	}, 5*time.Second, 50*time.Millisecond, "a volatile function must run on the primary")
 	assert.True(t, onReplica(t, conn, "SELECT route_pure()"), "a stable function may run on the replica")
+}
+
+func TestReadsSurviveAReplicaKilledWithSIGKILLAndItIsReadmitted(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a cluster of its own")
+	}
+	c := pgtest.StartPrivate(t)
+	p := startProxy(t, func(cfg *config.Config) {
+		transactionMode(8)(cfg)
+		var err error
+		cfg.Primary, err = config.ParseBackend(c.PrimaryAddr)
+		require.NoError(t, err)
+		r, err := config.ParseBackend(c.ReplicaAddr)
+		require.NoError(t, err)
+		cfg.Replicas = []config.Backend{r}
+		cfg.Routing.CheckPeriod = 100 * time.Millisecond
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	type tally struct{ replica, primary, failed atomic.Int64 }
+	var n tally
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	const readers = 6
+	for range readers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var conn *pgx.Conn
+			for {
+				select {
+				case <-stop:
+					if conn != nil {
+						conn.Close(context.Background())
+					}
+					return
+				default:
+				}
+				if conn == nil {
+					var err error
+					if conn, err = pgx.Connect(ctx, p.DSN("postgres", "postgres", "")); err != nil {
+						n.failed.Add(1)
+						time.Sleep(10 * time.Millisecond)
+						continue
+					}
+				}
+				var inRecovery bool
+				if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery); err != nil {
+					n.failed.Add(1)
+					conn.Close(context.Background())
+					conn = nil
+					continue
+				}
+				if inRecovery {
+					n.replica.Add(1)
+				} else {
+					n.primary.Add(1)
+				}
+			}
+		}()
+	}
+	defer func() {
+		close(stop)
+		wg.Wait()
+	}()
+
+	require.Eventually(t, func() bool { return n.replica.Load() > 100 }, 10*time.Second, 10*time.Millisecond, "reads reach the replica")
+	require.NoError(t, c.KillReplica())
+	killed := n.primary.Load()
+	require.Eventually(t, func() bool { return n.primary.Load() > killed+200 }, 10*time.Second, 10*time.Millisecond,
+		"reads continue on the primary")
+	failedAfterKill := n.failed.Load()
+	t.Logf("replica killed: %d reads failed (%d readers), reads go on on the primary", failedAfterKill, readers)
+	assert.LessOrEqual(t, failedAfterKill, int64(2*readers), "only reads in flight on the dead replica may fail")
+
+	require.NoError(t, c.RestartReplica())
+	restarted := time.Now()
+	onReplicaBefore := n.replica.Load()
+	require.Eventually(t, func() bool { return n.replica.Load() > onReplicaBefore+10 }, 15*time.Second, 10*time.Millisecond,
+		"reads return to the replica")
+	readmitted := time.Since(restarted)
+	t.Logf("replica readmitted %s after it came back", readmitted.Round(time.Millisecond))
+	assert.Less(t, readmitted, 5*time.Second)
+	t.Logf("reads failed in all: %d", n.failed.Load())
+	assert.LessOrEqual(t, n.failed.Load(), int64(2*readers), "reads failed in all")
 }

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -138,6 +139,12 @@ func open() (*Cluster, error) {
 		return c, nil
 	}
 
+	return start()
+}
+
+// start starts a new cluster in a temporary directory on free ports.
+func start() (*Cluster, error) {
+	c := &Cluster{}
 	script, err := pgclusterPath()
 	if err != nil {
 		return nil, err
@@ -250,6 +257,61 @@ func freePorts(n int) ([]string, error) {
 		ports = append(ports, port)
 	}
 	return ports, nil
+}
+
+// StartPrivate starts a cluster of the test's own, for tests that break it
+// (kill its replica, say), and stops it when the test ends. It takes a few
+// seconds.
+func StartPrivate(t testing.TB) *Cluster {
+	t.Helper()
+	c, err := start()
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := c.stop(); err != nil {
+			t.Errorf("pgtest: %v", err)
+		}
+	})
+	return c
+}
+
+// KillReplica kills the replica's postmaster with SIGKILL, as a crash
+// would. Only for a cluster from StartPrivate.
+func (c *Cluster) KillReplica() error {
+	if c.dir == "" {
+		return errors.New("pgtest: KillReplica needs a cluster from StartPrivate")
+	}
+	b, err := os.ReadFile(filepath.Join(c.dir, "replica", "postmaster.pid"))
+	if err != nil {
+		return err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil {
+		return err
+	}
+	return syscall.Kill(pid, syscall.SIGKILL)
+}
+
+// RestartReplica starts the replica again after KillReplica.
+func (c *Cluster) RestartReplica() error {
+	script, err := pgclusterPath()
+	if err != nil {
+		return err
+	}
+	// A killed postmaster leaves its pid file behind.
+	if err := os.Remove(filepath.Join(c.dir, "replica", "postmaster.pid")); err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	var last error
+	for range 20 { // its orphaned children take a moment to exit
+		if last = c.pgcluster(script, "start", c.dir); last == nil {
+			return nil
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	return last
 }
 
 // DSN returns a URL connection string for user to database db at addr, with
