@@ -2,7 +2,9 @@ package classify
 
 import (
 	"strings"
+	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	lru "github.com/hashicorp/golang-lru/v2"
 	pg_query "github.com/pganalyze/pg_query_go/v6"
@@ -76,7 +78,9 @@ var sideEffectFuncs = map[string]bool{
 	"pg_advisory_unlock_all": true, "pg_advisory_xact_lock": true, "pg_advisory_xact_lock_shared": true,
 	"pg_try_advisory_xact_lock": true, "pg_try_advisory_xact_lock_shared": true,
 	"lo_create": true, "lo_creat": true, "lo_import": true, "lo_unlink": true, "lo_put": true, "lo_from_bytea": true,
-	"lowrite": true, "lo_truncate": true, "dblink_exec": true, "pg_switch_wal": true, "pg_create_restore_point": true,
+	"lowrite": true, "lo_truncate": true, "lo_truncate64": true, "lo_open": true, "lo_export": true, "dblink_exec": true,
+	"pg_logical_emit_message": true, "pg_promote": true, "pg_wal_replay_pause": true, "pg_wal_replay_resume": true,
+	"pg_switch_wal": true, "pg_create_restore_point": true,
 	"pg_terminate_backend": true, "pg_cancel_backend": true, "pg_reload_conf": true,
 	"pg_create_logical_replication_slot": true, "pg_create_physical_replication_slot": true, "pg_drop_replication_slot": true,
 	"pg_current_wal_lsn": true, "pg_current_wal_insert_lsn": true, "pg_current_wal_flush_lsn": true,
@@ -87,10 +91,15 @@ var sideEffectFuncs = map[string]bool{
 // once. It is safe for concurrent use.
 type Classifier struct {
 	cache    *lru.Cache[string, Result]
-	volatile atomic.Pointer[map[string]bool] // user functions that are not IMMUTABLE/STABLE
-	readOnly map[string]bool                 // functions declared read-only in config
+	readOnly map[string]bool // functions declared read-only in config
 	hits     atomic.Int64
 	misses   atomic.Int64
+
+	// volMu orders SetVolatileFunctions against the cache insert of a
+	// result computed with the previous set, which must be dropped.
+	volMu    sync.RWMutex
+	volGen   atomic.Uint64                   // bumped by SetVolatileFunctions under volMu
+	volatile atomic.Pointer[map[string]bool] // user functions that are not IMMUTABLE/STABLE
 }
 
 // CacheStats counts classifier cache lookups.
@@ -124,7 +133,10 @@ func (c *Classifier) SetVolatileFunctions(names []string) {
 	for _, n := range names {
 		m[strings.ToLower(n)] = true
 	}
+	c.volMu.Lock()
+	defer c.volMu.Unlock()
 	c.volatile.Store(&m)
+	c.volGen.Add(1)
 	c.cache.Purge()
 }
 
@@ -139,23 +151,37 @@ func (c *Classifier) Stats() CacheStats {
 func (c *Classifier) Classify(sql string) Result {
 	var buf [256]byte
 	key := normalize(buf[:0], sql)
-	if r, ok := c.cache.Get(string(key)); ok {
+	// The lookup needs no copy of the key (Get does not keep it); only an
+	// insert does.
+	if r, ok := c.cache.Get(unsafe.String(unsafe.SliceData(key), len(key))); ok {
 		c.hits.Add(1)
 		return r
 	}
 	c.misses.Add(1)
-	r := c.parse(sql)
+	gen := c.volGen.Load()
+	r, literalSensitive := c.parse(sql)
 	if hint := hintFlags(key); hint != 0 {
 		r.Flags |= hint
 	}
-	c.cache.Add(string(key), r)
+	if literalSensitive {
+		return r
+	}
+	c.volMu.RLock()
+	if c.volGen.Load() == gen {
+		c.cache.Add(string(key), r)
+	}
+	c.volMu.RUnlock()
 	return r
 }
 
-func (c *Classifier) parse(sql string) Result {
+// parse classifies sql with the Postgres parser. literalSensitive is set
+// when the answer depends on a literal the cache key hides, as in EXPLAIN
+// (ANALYZE 'off') against EXPLAIN (ANALYZE 'on'); such a result must not
+// be cached under the shape.
+func (c *Classifier) parse(sql string) (_ Result, literalSensitive bool) {
 	tree, err := pg_query.Parse(sql)
 	if err != nil || len(tree.GetStmts()) == 0 {
-		return Result{Kind: KindUnknown}
+		return Result{Kind: KindUnknown}, false
 	}
 	fp, _ := pg_query.FingerprintToUInt64(sql)
 	out := Result{ReadOnly: true, Fingerprint: fp}
@@ -165,6 +191,7 @@ func (c *Classifier) parse(sql string) Result {
 	out.Kind = KindReadSimple
 	first := true
 	for _, raw := range tree.GetStmts() {
+		literalSensitive = literalSensitive || explainAnalyzeHasArg(raw.GetStmt())
 		r := classifyStmt(raw.GetStmt())
 		out.Flags |= r.Flags
 		out.ReadOnly = out.ReadOnly && r.ReadOnly
@@ -197,7 +224,18 @@ func (c *Classifier) parse(sql string) Result {
 	} else {
 		out.ReadOnly = false
 	}
-	return out
+	return out, literalSensitive
+}
+
+// explainAnalyzeHasArg reports an EXPLAIN whose ANALYZE option has a value
+// (on, off, 'true', 0…), which the cache key may have replaced by '?'.
+func explainAnalyzeHasArg(n *pg_query.Node) bool {
+	for _, o := range n.GetExplainStmt().GetOptions() {
+		if d := o.GetDefElem(); d != nil && strings.EqualFold(d.GetDefname(), "analyze") && d.GetArg() != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // classifyStmt classifies one statement of a parse tree.
@@ -217,12 +255,18 @@ func classifyStmt(n *pg_query.Node) Result {
 		if s.CopyStmt.GetIsFrom() {
 			return Result{Kind: KindWriteBulk}
 		}
+		r := Result{Kind: KindReadSimple, ReadOnly: true}
 		if q := s.CopyStmt.GetQuery(); q != nil {
-			r := classifyStmt(q)
-			r.Kind = KindReadComplex
-			return r
+			r = classifyStmt(q)
+			if r.Kind == KindReadSimple {
+				r.Kind = KindReadComplex
+			}
 		}
-		return Result{Kind: KindReadSimple, ReadOnly: true}
+		if s.CopyStmt.GetFilename() != "" || s.CopyStmt.GetIsProgram() {
+			// The file or program is expected on the primary's host.
+			r.ReadOnly = false
+		}
+		return r
 	case *pg_query.Node_ExplainStmt:
 		analyze := false
 		for _, o := range s.ExplainStmt.GetOptions() {
@@ -286,38 +330,22 @@ func isFalse(n *pg_query.Node) bool {
 }
 
 func classifySelect(s *pg_query.SelectStmt) Result {
+	var f treeFacts
+	f.walk(s.ProtoReflect())
+	switch {
+	case f.writableCTE:
+		return Result{Kind: KindWriteSimple}
+	case f.into:
+		return Result{Kind: KindWriteBulk}
+	}
 	r := Result{Kind: KindReadSimple, ReadOnly: true}
-	if len(s.GetLockingClause()) > 0 {
+	if f.locking {
 		r.Flags |= FlagLocking
 		r.ReadOnly = false
 	}
-	if s.GetIntoClause() != nil {
-		return Result{Kind: KindWriteBulk}
-	}
-	if wc := s.GetWithClause(); wc != nil {
-		for _, cte := range wc.GetCtes() {
-			q := cte.GetCommonTableExpr().GetCtequery()
-			if q.GetSelectStmt() == nil {
-				return Result{Kind: KindWriteSimple} // a writable CTE
-			}
-			if sub := classifySelect(q.GetSelectStmt()); !sub.ReadOnly {
-				return sub
-			}
-		}
-		r.Kind = KindReadComplex
-	}
-	if s.GetOp() != pg_query.SetOperation_SETOP_NONE {
-		l, rr := classifySelect(s.GetLarg()), classifySelect(s.GetRarg())
-		if !l.ReadOnly || !rr.ReadOnly {
-			l.ReadOnly = false
-			l.Flags |= rr.Flags
-			return l
-		}
-		r.Kind = KindReadComplex
-		return r
-	}
 	from := s.GetFromClause()
-	if len(from) > 1 || len(s.GetGroupClause()) > 0 || s.GetHavingClause() != nil || len(s.GetWindowClause()) > 0 ||
+	if f.subquery || s.GetWithClause() != nil || s.GetOp() != pg_query.SetOperation_SETOP_NONE ||
+		len(from) > 1 || len(s.GetGroupClause()) > 0 || s.GetHavingClause() != nil || len(s.GetWindowClause()) > 0 ||
 		len(s.GetDistinctClause()) > 0 || len(s.GetValuesLists()) > 0 {
 		r.Kind = KindReadComplex
 	}

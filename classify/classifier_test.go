@@ -56,7 +56,9 @@ var corpus = []struct {
 	{`SELECT id, rank() OVER (PARTITION BY dept ORDER BY salary DESC) FROM emp`, 'R', KindReadSimple},
 	{`SELECT * FROM a UNION ALL SELECT * FROM b`, 'R', KindReadComplex},
 	{`SELECT * FROM a EXCEPT SELECT * FROM b`, 'R', KindReadComplex},
-	{`SELECT * FROM orders WHERE user_id IN (SELECT id FROM users WHERE banned)`, 'R', KindReadSimple},
+	{`SELECT * FROM orders WHERE user_id IN (SELECT id FROM users WHERE banned)`, 'R', KindReadComplex},
+	{`SELECT * FROM t WHERE EXISTS (SELECT 1 FROM u WHERE u.id = t.id)`, 'R', KindReadComplex},
+	{`SELECT id, (SELECT count(*) FROM orders o WHERE o.user_id = u.id) FROM users u`, 'R', KindReadComplex},
 	{`SELECT * FROM users u, LATERAL (SELECT * FROM orders o WHERE o.user_id = u.id LIMIT 3) x`, 'R', KindReadComplex},
 	{`SELECT * FROM generate_series(1, 10) g`, 'R', KindReadComplex},
 	{`SELECT now()`, 'R', KindReadSimple},
@@ -77,6 +79,10 @@ var corpus = []struct {
 	{`SELECT * FROM jobs WHERE state = 'new' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED`, 'P', KindReadSimple},
 	{`SELECT * FROM accounts a JOIN owners o ON o.id = a.owner_id FOR KEY SHARE OF a`, 'P', KindReadComplex},
 	{`SELECT * INTO new_table FROM users`, 'P', KindWriteBulk},
+	{`SELECT * INTO archive FROM a UNION SELECT * FROM b`, 'P', KindWriteBulk},
+	{`SELECT * FROM (SELECT * FROM jobs FOR UPDATE SKIP LOCKED) j`, 'P', KindReadComplex},
+	{`SELECT * FROM t WHERE id IN (SELECT id FROM u FOR UPDATE)`, 'P', KindReadComplex},
+	{`(SELECT * FROM t) UNION (SELECT * FROM u FOR UPDATE)`, 'P', KindReadComplex},
 	{`SELECT id INTO TEMP tmp_ids FROM users`, 'P', KindWriteBulk},
 	{`WITH moved AS (DELETE FROM queue WHERE id = 1 RETURNING *) SELECT * FROM moved`, 'P', KindWriteSimple},
 	{`WITH ins AS (INSERT INTO log (msg) VALUES ('x') RETURNING id) SELECT id FROM ins`, 'P', KindWriteSimple},
@@ -99,6 +105,10 @@ var corpus = []struct {
 	{`SELECT lo_create(0)`, 'P', KindReadSimple},
 	{`SELECT pg_terminate_backend(123)`, 'P', KindReadSimple},
 	{`SELECT pg_current_wal_lsn()`, 'P', KindReadSimple},
+	{`SELECT lo_open(16403, 131072)`, 'P', KindReadSimple},
+	{`SELECT lo_export(16403, '/tmp/blob')`, 'P', KindReadSimple},
+	{`SELECT pg_logical_emit_message(true, 'app', 'x')`, 'P', KindReadSimple},
+	{`SELECT pg_promote()`, 'P', KindReadSimple},
 	// EXPLAIN.
 	{`EXPLAIN SELECT * FROM users`, 'R', KindReadComplex},
 	{`EXPLAIN (COSTS OFF) SELECT * FROM users WHERE id = 1`, 'R', KindReadComplex},
@@ -114,7 +124,9 @@ var corpus = []struct {
 	{`COPY (SELECT * FROM users WHERE active) TO STDOUT`, 'R', KindReadComplex},
 	{`COPY users FROM STDIN`, 'P', KindWriteBulk},
 	{`COPY users FROM STDIN WITH (FORMAT binary)`, 'P', KindWriteBulk},
-	{`COPY (DELETE FROM users RETURNING *) TO STDOUT`, 'P', KindReadComplex},
+	{`COPY (DELETE FROM users RETURNING *) TO STDOUT`, 'P', KindWriteSimple},
+	{`COPY users TO '/tmp/users.csv'`, 'P', KindReadSimple},
+	{`COPY users TO PROGRAM 'gzip > /tmp/users.gz'`, 'P', KindReadSimple},
 	// Session commands.
 	{`SHOW search_path`, 'R', KindReadSimple},
 	{`SHOW ALL`, 'R', KindReadSimple},
@@ -259,6 +271,14 @@ func TestStatementsThatDifferOnlyInLiteralsShareACacheEntry(t *testing.T) {
 	assert.Equal(t, 1, st.Size)
 	// A hint is part of the shape.
 	assert.NotEqual(t, c.Classify("/* kproxy:primary */ SELECT 1").Flags, c.Classify("SELECT 1").Flags)
+}
+
+func TestExplainAnalyzeWithAValueIsNotCachedUnderItsShape(t *testing.T) {
+	c := New(100, nil)
+	require.True(t, c.Classify("EXPLAIN (ANALYZE 'off') DELETE FROM users").ReadOnly)
+	assert.False(t, c.Classify("EXPLAIN (ANALYZE 'on') DELETE FROM users").ReadOnly)
+	require.True(t, c.Classify("EXPLAIN (ANALYZE 0) DELETE FROM users").ReadOnly)
+	assert.False(t, c.Classify("EXPLAIN (ANALYZE 1) DELETE FROM users").ReadOnly)
 }
 
 func TestVolatileUserFunctionsGoToThePrimaryUnlessDeclaredReadOnly(t *testing.T) {

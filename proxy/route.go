@@ -19,32 +19,38 @@ func (ss *session) replayed(t pool.Target, sc *pool.Conn) bool {
 	return ss.srv.cluster.ReplayedOn(ctx, t, sc)
 }
 
-// classifyReadOnly reports whether sql may run on a replica for this
-// session: the classifier's verdict, overridden by a comment hint
+// classifyReadOnlyLocked reports whether sql may run on a replica for
+// this session: the classifier's verdict, overridden by a comment hint
 // (/* kproxy:primary */ or /* kproxy:replica */) and then by the session
-// setting kproxy.target (primary, replica or auto).
+// setting kproxy.target (primary, replica or auto). Neither override sends
+// a statement the classifier knows writes (or cannot parse) to a replica:
+// it would only fail there with 25006.
 func (ss *session) classifyReadOnlyLocked(sql string) bool {
 	r := ss.srv.classifier.Classify(sql)
 	if r.Kind == classify.KindDDL {
 		ss.srv.requestRefresh() // it may have created or changed a function
 	}
 	ro := r.ReadOnly
+	// mayRead: a read, or transaction control (a client that asks for a
+	// replica gets its BEGIN there).
+	mayRead := r.ReadOnly
 	if r.Flags&classify.FlagTxControl != 0 {
 		// BEGIN READ ONLY may run on a replica; any other transaction
 		// control belongs with the primary.
 		ro = r.Flags&classify.FlagTxBegin != 0 && r.Flags&classify.FlagReadOnlyTx != 0 && r.Flags&classify.FlagMultiStatement == 0
+		mayRead = r.Flags&classify.FlagTxBegin != 0 && r.Flags&classify.FlagMultiStatement == 0
 	}
 	switch {
 	case r.Flags&classify.FlagHintPrimary != 0:
 		ro = false
 	case r.Flags&classify.FlagHintReplica != 0:
-		ro = true
+		ro = mayRead
 	}
 	switch ss.settings["kproxy.target"] {
 	case "primary":
 		return false
 	case "replica":
-		return true
+		return mayRead
 	}
 	return ro
 }

@@ -54,6 +54,14 @@ func TestReadsGoToTheReplicaAndEverythingElseToThePrimary(t *testing.T) {
 	_, err = conn.Exec(ctx, "SET kproxy.target = 'primary'")
 	require.NoError(t, err)
 	assert.False(t, onReplica(t, conn, "SELECT pg_is_in_recovery()"), "kproxy.target = primary")
+	// Neither a hint nor the setting sends a write to a replica.
+	assert.False(t, onReplica(t, conn, "/* kproxy:replica */ SELECT pg_is_in_recovery() FROM (SELECT nextval('route_seq')) s"),
+		"a replica hint on a write")
+	_, err = conn.Exec(ctx, "SET kproxy.target = 'replica'")
+	require.NoError(t, err)
+	assert.True(t, onReplica(t, conn, "SELECT pg_is_in_recovery()"), "kproxy.target = replica")
+	assert.False(t, onReplica(t, conn, "SELECT pg_is_in_recovery() FROM (SELECT nextval('route_seq')) s"),
+		"kproxy.target = replica, on a write")
 	_, err = conn.Exec(ctx, "SET kproxy.target = 'auto'")
 	require.NoError(t, err)
 	assert.True(t, onReplica(t, conn, "SELECT pg_is_in_recovery()"), "kproxy.target = auto")
