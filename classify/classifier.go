@@ -49,6 +49,7 @@ const (
 	FlagHintPrimary                      // a /* kproxy:primary */ comment
 	FlagHintReplica                      // a /* kproxy:replica */ comment
 	FlagMultiStatement                   // several statements
+	FlagLearned                          // a replica refused the shape with 25006: kproxy learned it writes
 )
 
 // Result is what kproxy knows about a statement. Its slices are shared
@@ -91,22 +92,32 @@ var sideEffectFuncs = map[string]bool{
 // once. It is safe for concurrent use.
 type Classifier struct {
 	cache    *lru.Cache[string, Result]
-	readOnly map[string]bool // functions declared read-only in config
+	readOnly atomic.Pointer[map[string]bool] // functions declared read-only in config
 	hits     atomic.Int64
 	misses   atomic.Int64
 
 	// volMu orders SetVolatileFunctions against the cache insert of a
 	// result computed with the previous set, which must be dropped.
 	volMu    sync.RWMutex
-	volGen   atomic.Uint64                   // bumped by SetVolatileFunctions under volMu
+	volGen   atomic.Uint64                   // bumped by SetVolatileFunctions and Learn under volMu
 	volatile atomic.Pointer[map[string]bool] // user functions that are not IMMUTABLE/STABLE
+
+	// learned holds the shapes a replica refused (Learn). They outlive
+	// cache evictions and purges.
+	learnMu sync.RWMutex
+	learned map[string]bool
 }
+
+// maxLearned bounds the shapes Learn remembers.
+const maxLearned = 10000
 
 // CacheStats counts classifier cache lookups.
 type CacheStats struct {
 	Hits   int64 `json:"hits"`
 	Misses int64 `json:"misses"`
 	Size   int   `json:"size"`
+	// Learned counts the shapes a replica refused with 25006.
+	Learned int `json:"learned"`
 }
 
 // New returns a classifier caching up to cacheSize shapes. readOnlyFuncs
@@ -116,13 +127,31 @@ func New(cacheSize int, readOnlyFuncs []string) *Classifier {
 	if err != nil {
 		panic(err) // only for a non-positive size, excluded above
 	}
-	c := &Classifier{cache: cache, readOnly: map[string]bool{}}
-	for _, f := range readOnlyFuncs {
-		c.readOnly[strings.ToLower(f)] = true
-	}
+	c := &Classifier{cache: cache}
+	c.readOnly.Store(lowerSet(readOnlyFuncs))
 	empty := map[string]bool{}
 	c.volatile.Store(&empty)
 	return c
+}
+
+func lowerSet(names []string) *map[string]bool {
+	m := make(map[string]bool, len(names))
+	for _, n := range names {
+		m[strings.ToLower(n)] = true
+	}
+	return &m
+}
+
+// SetReadOnlyFunctions replaces the functions declared read-only in
+// config (names lower-cased, optionally schema-qualified). The cache is
+// cleared.
+func (c *Classifier) SetReadOnlyFunctions(names []string) {
+	m := lowerSet(names)
+	c.volMu.Lock()
+	defer c.volMu.Unlock()
+	c.readOnly.Store(m)
+	c.volGen.Add(1)
+	c.cache.Purge()
 }
 
 // SetVolatileFunctions replaces the user-defined functions that are neither
@@ -140,9 +169,42 @@ func (c *Classifier) SetVolatileFunctions(names []string) {
 	c.cache.Purge()
 }
 
+// Learn records that sql's shape is not read-only after all: a replica
+// refused it with 25006 (a function the classifier did not know writes,
+// say). From now on Classify sends statements of that shape to the
+// primary. It reports whether the shape was new.
+func (c *Classifier) Learn(sql string) bool {
+	var buf [256]byte
+	key := string(normalize(buf[:0], sql))
+	c.learnMu.Lock()
+	if c.learned[key] || len(c.learned) >= maxLearned {
+		c.learnMu.Unlock()
+		return false
+	}
+	if c.learned == nil {
+		c.learned = map[string]bool{}
+	}
+	c.learned[key] = true
+	c.learnMu.Unlock()
+	// A Classify that parsed before the line above must not cache its
+	// verdict: the generation tells it.
+	c.volMu.Lock()
+	c.volGen.Add(1)
+	c.cache.Remove(key)
+	c.volMu.Unlock()
+	return true
+}
+
+// Learned returns how many shapes Learn recorded.
+func (c *Classifier) Learned() int {
+	c.learnMu.RLock()
+	defer c.learnMu.RUnlock()
+	return len(c.learned)
+}
+
 // Stats returns the cache counters.
 func (c *Classifier) Stats() CacheStats {
-	return CacheStats{Hits: c.hits.Load(), Misses: c.misses.Load(), Size: c.cache.Len()}
+	return CacheStats{Hits: c.hits.Load(), Misses: c.misses.Load(), Size: c.cache.Len(), Learned: c.Learned()}
 }
 
 // Classify classifies sql, a string of one or more statements, as its most
@@ -163,6 +225,12 @@ func (c *Classifier) Classify(sql string) Result {
 	if hint := hintFlags(key); hint != 0 {
 		r.Flags |= hint
 	}
+	c.learnMu.RLock()
+	if c.learned[string(key)] {
+		r.ReadOnly = false
+		r.Flags |= FlagLearned
+	}
+	c.learnMu.RUnlock()
 	if literalSensitive {
 		return r
 	}
@@ -213,7 +281,7 @@ func (c *Classifier) parse(sql string) (_ Result, literalSensitive bool) {
 		for _, f := range sum.GetFunctions() {
 			name := strings.ToLower(f.GetFunctionName())
 			full := strings.ToLower(f.GetName())
-			if c.readOnly[name] || c.readOnly[full] {
+			if ro := *c.readOnly.Load(); ro[name] || ro[full] {
 				continue
 			}
 			if sideEffectFuncs[name] || vol[name] || vol[full] {

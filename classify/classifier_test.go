@@ -355,3 +355,17 @@ func BenchmarkClassifyNewShape(b *testing.B) {
 		i++
 	}
 }
+
+func TestALearnedShapeGoesToThePrimaryWhateverItsLiterals(t *testing.T) {
+	c := New(100, nil)
+	require.True(t, c.Classify("SELECT audit_touch(1)").ReadOnly, "an unknown function is taken for a read")
+	assert.True(t, c.Learn("SELECT audit_touch(1)"))
+	assert.False(t, c.Learn("SELECT audit_touch(2)"), "the same shape")
+	r := c.Classify("SELECT audit_touch(42)")
+	assert.False(t, r.ReadOnly)
+	assert.NotZero(t, r.Flags&FlagLearned)
+	c.SetVolatileFunctions(nil) // purges the cache; learned shapes stay
+	assert.False(t, c.Classify("SELECT audit_touch(7)").ReadOnly)
+	assert.True(t, c.Classify("SELECT audit_peek(7)").ReadOnly)
+	assert.Equal(t, 1, c.Stats().Learned)
+}

@@ -89,6 +89,11 @@ type Routing struct {
 	MonitorUser     string `yaml:"monitor_user"`
 	MonitorPassword string `yaml:"monitor_password"`
 	MonitorDatabase string `yaml:"monitor_database"`
+	// ReadOnlyFunctions names user functions (name or schema.name) that may
+	// run on a replica although pg_proc says they are VOLATILE. A function
+	// listed here that writes after all is refused by the replica; kproxy
+	// then runs the transaction on the primary and remembers its shape.
+	ReadOnlyFunctions []string `yaml:"read_only_functions"`
 }
 
 // Backend is one Postgres server.

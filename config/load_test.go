@@ -228,6 +228,7 @@ func TestLoadReportsBadlyFormedValues(t *testing.T) {
 		{"a merge of a scalar is refused", "pool: {<<: 5}", "pool", "a merge (<<) takes a mapping"},
 		{"an unknown key inside a merged mapping is reported", "base: &b {max_conns: 1}\npool: {<<: *b}", "pool.max_conns", "unknown key"},
 		{"a mapping key is refused", "? [a]\n: b", "", "a key must be a scalar"},
+		{"an empty read-only function is refused", "routing: {read_only_functions: [ok, '']}", "routing.read_only_functions[1]", "function name"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -278,6 +279,13 @@ databases:
 			yaml: "users: {bob: {password: 0123}}",
 			check: func(t *testing.T, c Config) {
 				assert.Equal(t, "0123", c.Users["bob"].Password)
+			},
+		},
+		{
+			name: "read-only functions",
+			yaml: "routing: {read_only_functions: [app.lookup, Score]}",
+			check: func(t *testing.T, c Config) {
+				assert.Equal(t, []string{"app.lookup", "Score"}, c.Routing.ReadOnlyFunctions)
 			},
 		},
 		{

@@ -219,6 +219,11 @@ func (c *Config) validateRouting(ps *problems) {
 	if r.MonitorDatabase == "" {
 		ps.add("routing.monitor_database", "required")
 	}
+	for i, f := range r.ReadOnlyFunctions {
+		if strings.TrimSpace(f) == "" || strings.Count(f, ".") > 1 {
+			ps.add(fmt.Sprintf("routing.read_only_functions[%d]", i), "must be a function name or schema.name")
+		}
+	}
 }
 
 func (c *Config) validatePools(ps *problems) {

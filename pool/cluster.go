@@ -28,6 +28,8 @@ type Cluster struct {
 	routedPrimary  atomic.Int64
 	routedReplica  atomic.Int64
 	staleAvoided   atomic.Int64
+	replayed       atomic.Int64
+	retried        atomic.Int64
 	fallbacks      atomic.Int64
 	routeNanos     atomic.Int64
 	routeDecisions atomic.Int64
@@ -220,11 +222,27 @@ type RoutingStats struct {
 	// StaleReadsAvoided counts reads sent to the primary because no replica
 	// had replayed the client's last write yet; Fallbacks those sent there
 	// because no replica was healthy.
-	StaleReadsAvoided int64          `json:"stale_reads_avoided"`
-	Fallbacks         int64          `json:"replica_fallbacks"`
-	AvgRouteNanos     int64          `json:"avg_route_ns"`
-	PrimaryLSN        string         `json:"primary_lsn"`
-	Replicas          []ReplicaStats `json:"replicas"`
+	StaleReadsAvoided int64 `json:"stale_reads_avoided"`
+	Fallbacks         int64 `json:"replica_fallbacks"`
+	// ReplayedOnPrimary counts transactions a replica refused with 25006
+	// before anything reached the client, run again on the primary.
+	ReplayedOnPrimary int64 `json:"replayed_on_primary"`
+	// ReadsRetried counts reads whose replica connection failed before
+	// anything reached the client, run again on the primary.
+	ReadsRetried  int64          `json:"reads_retried_on_primary"`
+	AvgRouteNanos int64          `json:"avg_route_ns"`
+	PrimaryLSN    string         `json:"primary_lsn"`
+	Replicas      []ReplicaStats `json:"replicas"`
+}
+
+// NoteReplayed counts a transaction run again on the primary after a
+// replica refused it, or after its replica connection failed.
+func (c *Cluster) NoteReplayed(failed bool) {
+	if failed {
+		c.retried.Add(1)
+	} else {
+		c.replayed.Add(1)
+	}
 }
 
 // RoutingStats returns a snapshot of routing decisions and replica states.
@@ -232,7 +250,7 @@ func (c *Cluster) RoutingStats() RoutingStats {
 	s := RoutingStats{
 		RoutedPrimary: c.routedPrimary.Load(), RoutedReplica: c.routedReplica.Load(),
 		StaleReadsAvoided: c.staleAvoided.Load(), Fallbacks: c.fallbacks.Load(),
-		Replicas: c.monitor.stats(),
+		ReplayedOnPrimary: c.replayed.Load(), ReadsRetried: c.retried.Load(), Replicas: c.monitor.stats(),
 	}
 	if n := c.routeDecisions.Load(); n > 0 {
 		s.AvgRouteNanos = c.routeNanos.Load() / n

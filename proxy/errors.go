@@ -25,6 +25,9 @@ const (
 	codeInternalError       = "XX000" // a kproxy bug
 	codeInvalidCatalogName  = "3D000" // unknown database
 	codeQueryCanceled       = "57014"
+	codeReadOnlyTransaction = "25006" // a replica refused a write
+	codeCrashShutdown       = "57P02" // a server's postmaster died
+	codeCannotConnectNow    = "57P03" // a server is starting or stopping
 	severityError           = "ERROR"
 	severityFatal           = "FATAL"
 	messageConnectionFailed = "could not connect to the server"

@@ -157,12 +157,79 @@ func (ss *session) awaitingLocked() bool {
 // session must end.
 func (ss *session) handle(t byte, msg []byte) bool {
 	ss.mu.Lock()
-	for ss.checking != nil {
-		ch := ss.checking
+	flushed := false
+	for {
+		for ss.checking != nil {
+			ch := ss.checking
+			ss.mu.Unlock()
+			<-ch
+			ss.mu.Lock()
+		}
+		if !ss.writeBehindReplicaReadsLocked(t, msg) {
+			break
+		}
+		// A write pipelined behind reads running on a replica: once the
+		// replica has answered them, the write is routed afresh. What
+		// was sent without a flush (more was coming) goes out first.
+		if !flushed {
+			flushed = true
+			if !ss.flushServerLocked() {
+				return false
+			}
+			continue
+		}
+		ss.changed.Wait()
+	}
+	return ss.dispatchLocked(t, msg, !ss.rd.HasFrame())
+}
+
+// flushServerLocked flushes what was written to the attached server
+// connection. It unlocks mu while it writes, and returns false (mu
+// unlocked) when the session must end.
+func (ss *session) flushServerLocked() bool {
+	sc := ss.server
+	ss.writing = true
+	ss.mu.Unlock()
+	err := sc.Flush()
+	ss.mu.Lock()
+	ss.writing = false
+	ss.changed.Broadcast()
+	rel := ss.releaseAfterWrite
+	ss.releaseAfterWrite = nil
+	if rel != nil {
 		ss.mu.Unlock()
-		<-ch
+		rel.Release()
 		ss.mu.Lock()
 	}
+	if err != nil {
+		ss.mu.Unlock()
+		ss.fail(&Error{Severity: severityFatal, Code: codeConnectionFailure, Message: "lost connection to the server", Err: err})
+		return false
+	}
+	return true
+}
+
+// writeBehindReplicaReadsLocked reports whether t starts a transaction
+// that writes while the attached replica still owes answers to earlier
+// reads outside any transaction.
+func (ss *session) writeBehindReplicaReadsLocked(t byte, msg []byte) bool {
+	if !ss.routing || ss.server == nil || !ss.target.Replica() || len(ss.replies) == 0 || ss.inBatch ||
+		ss.txStatus != pgwire.TxIdle || ss.serverGoneLocked() {
+		return false
+	}
+	switch t {
+	case 'Q':
+		return !ss.classifyReadOnlyLocked(cstring(msg[5:]))
+	case 'P':
+		_, query, _, ok := splitParse(msg[5:])
+		return ok && !ss.classifyReadOnlyLocked(string(query))
+	}
+	return false
+}
+
+// dispatchLocked does handle's work for one message once the session may
+// take it. It unlocks mu. flush says no further client message is waiting.
+func (ss *session) dispatchLocked(t byte, msg []byte, flush bool) bool {
 	if ss.skipping && t != 'S' {
 		ss.mu.Unlock()
 		return true
@@ -184,7 +251,7 @@ func (ss *session) handle(t byte, msg []byte) bool {
 		}
 		if out, ok := ss.answerLocallyLocked(t, msg); ok {
 			ss.mu.Unlock()
-			return ss.writeClient(out, !ss.rd.HasFrame()) == nil
+			return ss.writeClient(out, flush) == nil
 		}
 		readOnly := ss.routing && ss.readOnlyLocked(t, msg)
 		minLSN := ss.minLSN
@@ -192,7 +259,20 @@ func (ss *session) handle(t byte, msg []byte) bool {
 		target, err := ss.srv.cluster.Route(ss.database, ss.user, readOnly, minLSN)
 		if err == nil {
 			sc, err = ss.acquire(target.Pool)
-			if err != nil {
+			if err != nil && target.Replica() {
+				// The replica is down or busy: read on the primary. Only a
+				// failure to connect counts against the replica's health.
+				failed := err
+				if errors.Is(err, pool.ErrAcquireTimeout) {
+					failed = nil
+				}
+				target.Done(ss.srv.cluster, failed)
+				ss.log.Info("no replica connection; reading on the primary", zap.Error(err))
+				target, err = ss.srv.cluster.Route(ss.database, ss.user, false, 0)
+				if err == nil {
+					sc, err = ss.acquire(target.Pool)
+				}
+			} else if err != nil {
 				target.Done(ss.srv.cluster, err)
 			} else if !ss.replayed(target, sc) {
 				// The replica has not caught up with the client's last
@@ -213,9 +293,16 @@ func (ss *session) handle(t byte, msg []byte) bool {
 				zap.Stringer("min_lsn", minLSN), zap.Uint32("server_pid", sc.PID()))
 		}
 		ss.attach(sc)
+		ss.wmu.Lock()
+		sent := ss.sent.n
+		ss.wmu.Unlock()
 		ss.mu.Lock()
 		ss.target = target
-		ss.wrote = false
+		// A transaction replayed on the primary is there because it writes.
+		ss.wrote = ss.forcePrimary
+		ss.replayOK = target.Replica()
+		ss.replayLog = ss.replayLog[:0]
+		ss.sentAtAttach = sent
 	}
 	if t == 'S' {
 		ss.skipping = false
@@ -225,8 +312,15 @@ func (ss *session) handle(t byte, msg []byte) bool {
 		ss.fail(err)
 		return false
 	}
+	if ss.replayOK {
+		if len(ss.replayLog)+len(msg) > maxReplayBytes {
+			ss.replayOK = false
+			ss.replayLog = nil
+		} else {
+			ss.replayLog = append(ss.replayLog, msg...)
+		}
+	}
 	toServer, toClient := ss.toServer, ss.toClient
-	flush := !ss.rd.HasFrame()
 	ss.writing = len(toServer) > 0 || flush
 	if len(toClient) > 0 {
 		ss.wmu.Lock() // before unlocking mu: keeps answers in queue order
@@ -650,6 +744,10 @@ func (ss *session) relayServer(sc *pool.Conn, done chan struct{}) {
 		t, msg, err := sc.Next()
 		if err != nil {
 			ss.mu.Lock()
+			if !ss.leaving && ss.replayOK && (ss.replayNow || ss.startReplayLocked()) {
+				ss.replayOnPrimaryLocked(sc, err)
+				return
+			}
 			leaving := ss.leaving
 			ss.mu.Unlock()
 			if !leaving {
@@ -682,7 +780,22 @@ func (ss *session) relayServer(sc *pool.Conn, done chan struct{}) {
 		if t == 'C' || t == 'E' || t == 'Z' {
 			ss.copyIn = false // a COPY FROM STDIN, if any, is over
 		}
-		forward := true
+		if t == 'E' && ss.replayOK && !ss.replayNow {
+			switch errorCode(msg) {
+			case codeReadOnlyTransaction, codeAdminShutdown, codeCrashShutdown, codeCannotConnectNow:
+				// Refused as a write, or the replica is going away (its
+				// connection closes next).
+				ss.startReplayLocked()
+			}
+		}
+		if t == 'Z' && ss.replayNow {
+			if len(msg) == 6 {
+				ss.txStatus = msg[5]
+			}
+			ss.replayOnPrimaryLocked(sc, nil)
+			return
+		}
+		forward := !ss.replayNow
 		if len(ss.replies) > 0 {
 			head := &ss.replies[0]
 			switch {
@@ -692,7 +805,7 @@ func (ss *session) relayServer(sc *pool.Conn, done chan struct{}) {
 					ss.failBatchLocked(sc)
 				}
 			case ends(head.msg, t):
-				forward = head.kind == replyForward
+				forward = forward && head.kind == replyForward
 				if t == '1' && head.stmt != "" {
 					ss.pool.AddKnownStatement(head.stmt)
 				}
@@ -704,11 +817,14 @@ func (ss *session) relayServer(sc *pool.Conn, done chan struct{}) {
 				}
 				ss.popLocked(1)
 			default:
-				forward = head.kind == replyForward
+				forward = forward && head.kind == replyForward
 			}
 		}
 		if t != 'Z' {
 			post = ss.takeMadeUpLocked(post[:0])
+			if ss.replayNow {
+				post = post[:0]
+			}
 			ss.wmu.Lock()
 			ss.mu.Unlock()
 			var werr error
@@ -747,6 +863,8 @@ func (ss *session) relayServer(sc *pool.Conn, done chan struct{}) {
 // relayServer must stop.
 func (ss *session) readyForQueryLocked(sc *pool.Conn, st byte, post *[]byte) bool {
 	ss.txStatus = st
+	ss.replayOK = false // its answer is on its way to the client
+	ss.replayLog = ss.replayLog[:0]
 	*post = ss.takeMadeUpLocked((*post)[:0])
 	tx := ss.mode == config.PoolModeTransaction
 	safe := ss.idleLocked()

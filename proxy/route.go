@@ -58,6 +58,9 @@ func (ss *session) classifyReadOnlyLocked(sql string) bool {
 // readOnlyLocked decides, from the first message of a transaction, whether
 // the transaction may run on a replica.
 func (ss *session) readOnlyLocked(t byte, msg []byte) bool {
+	if ss.forcePrimary || ss.readOnPrimary {
+		return false
+	}
 	body := msg[5:]
 	switch t {
 	case 'Q':

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -213,6 +214,24 @@ func TestReadsSurviveAReplicaKilledWithSIGKILLAndItIsReadmitted(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	host, port, _ := strings.Cut(c.PrimaryAddr, ":")
+	pgbench := pgClient(t, "pgbench")
+	stdout, stderr, err := runClient(ctx, []string{"PGHOST=" + host, "PGPORT=" + port, "PGUSER=" + pgtest.Superuser, "PGDATABASE=postgres"},
+		"", pgbench, "-i", "-s", "1", "-q")
+	require.NoError(t, err, "%s%s", stdout, stderr)
+	require.NoError(t, c.WaitReplicaCaughtUp(ctx))
+
+	// pgbench -S load through kproxy for the whole test.
+	type benchResult struct {
+		out string
+		err error
+	}
+	bench := make(chan benchResult, 1)
+	go func() {
+		stdout, stderr, err := runClient(ctx, proxyEnv(p, "postgres", "pgbench"), "", pgbench,
+			"-n", "-S", "-c", "4", "-j", "2", "-T", "8", "-M", "simple")
+		bench <- benchResult{stdout + stderr, err}
+	}()
 
 	type tally struct{ replica, primary, failed atomic.Int64 }
 	var n tally
@@ -243,7 +262,9 @@ func TestReadsSurviveAReplicaKilledWithSIGKILLAndItIsReadmitted(t *testing.T) {
 				}
 				var inRecovery bool
 				if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery); err != nil {
-					n.failed.Add(1)
+					if n.failed.Add(1) <= 3 {
+						t.Logf("a read failed: %v", err)
+					}
 					conn.Close(context.Background())
 					conn = nil
 					continue
@@ -280,4 +301,119 @@ func TestReadsSurviveAReplicaKilledWithSIGKILLAndItIsReadmitted(t *testing.T) {
 	assert.Less(t, readmitted, 5*time.Second)
 	t.Logf("reads failed in all: %d", n.failed.Load())
 	assert.LessOrEqual(t, n.failed.Load(), int64(2*readers), "reads failed in all")
+
+	res := <-bench
+	require.NoError(t, res.err, res.out)
+	m := pgbenchFailedRE.FindStringSubmatch(res.out)
+	require.NotNil(t, m, res.out)
+	processed := pgbenchProcessedRE.FindStringSubmatch(res.out)
+	require.NotNil(t, processed, res.out)
+	t.Logf("pgbench -S through the kill: %s transactions, %s failed", processed[1], m[1])
+	assert.NotContains(t, res.out, "aborted", "only clients with a statement in flight may fail")
+	t.Logf("routing: %+v", p.Server.Stats().Routing)
+}
+
+func TestAWriteAReplicaRefusesIsReplayedOnThePrimaryAndItsShapeRemembered(t *testing.T) {
+	ctx := context.Background()
+	admin := connect(t, directDSN(pgtest.Superuser, "postgres", ""), pgx.QueryExecModeExec)
+	_, err := admin.Exec(ctx, `CREATE TABLE IF NOT EXISTS replay_log (n int, mode text);
+CREATE OR REPLACE FUNCTION replay_touch(n int, mode text) RETURNS int LANGUAGE sql VOLATILE
+  AS 'INSERT INTO replay_log VALUES (n, mode) RETURNING n'`)
+	require.NoError(t, err)
+	require.NoError(t, pgtest.Get().WaitReplicaCaughtUp(ctx))
+
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement, pgx.QueryExecModeExec} {
+		t.Run(mode.String(), func(t *testing.T) {
+			// Declared read-only by mistake: the classifier sends it to the replica.
+			p := startProxy(t, func(c *config.Config) {
+				withReplica(4)(c)
+				c.Routing.ReadOnlyFunctions = []string{"replay_touch"}
+			})
+			conn := connect(t, p.DSN("postgres", "postgres", ""), mode)
+			tag := mode.String()
+			for i := range 3 {
+				var n int
+				require.NoError(t, conn.QueryRow(ctx, "SELECT replay_touch($1, $2)", i, tag).Scan(&n), "call %d", i)
+				assert.Equal(t, i, n)
+			}
+			rs := p.Server.Stats().Routing
+			assert.Equal(t, int64(1), rs.ReplayedOnPrimary, "replayed once; then the shape goes to the primary")
+			var rows, distinct int
+			require.NoError(t, admin.QueryRow(ctx, "SELECT count(*), count(DISTINCT n) FROM replay_log WHERE mode = $1", tag).Scan(&rows, &distinct))
+			assert.Equal(t, 3, rows, "each call wrote exactly once")
+			assert.Equal(t, 3, distinct)
+			assert.True(t, onReplica(t, conn, "SELECT pg_is_in_recovery()"), "reads still go to the replica")
+
+			// In a read-only transaction the refusal is the client's answer.
+			tx, err := conn.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
+			require.NoError(t, err)
+			_, err = tx.Exec(ctx, "SELECT replay_touch(99, 'ro')")
+			var pe *pgconn.PgError
+			require.ErrorAs(t, err, &pe)
+			assert.Equal(t, "25006", pe.Code)
+			require.NoError(t, tx.Rollback(ctx))
+		})
+	}
+}
+
+// pipelineInRecovery runs statements in one pipeline, with a Sync after
+// the ones syncAfter marks, and returns what each statement's single
+// boolean column said.
+func pipelineInRecovery(t *testing.T, conn *pgx.Conn, stmts []string, syncAfter []bool) []bool {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	pl := conn.PgConn().StartPipeline(ctx)
+	syncs := 0
+	for i, s := range stmts {
+		pl.SendQueryParams(s, nil, nil, nil, nil)
+		if syncAfter[i] {
+			require.NoError(t, pl.Sync())
+			syncs++
+		}
+	}
+	require.NoError(t, pl.Flush())
+	var got []bool
+	for syncs > 0 {
+		res, err := pl.GetResults()
+		require.NoError(t, err)
+		switch r := res.(type) {
+		case *pgconn.ResultReader:
+			out := r.Read()
+			require.NoError(t, out.Err)
+			require.Len(t, out.Rows, 1)
+			got = append(got, string(out.Rows[0][0]) == "t")
+		case *pgconn.PipelineSync:
+			syncs--
+		}
+	}
+	require.NoError(t, pl.Close())
+	return got
+}
+
+func TestAPipelinedWriteBehindAReadGoesToThePrimary(t *testing.T) {
+	ctx := context.Background()
+	admin := connect(t, directDSN(pgtest.Superuser, "postgres", ""), pgx.QueryExecModeExec)
+	_, err := admin.Exec(ctx, `CREATE TABLE IF NOT EXISTS pipeline_log (n int)`)
+	require.NoError(t, err)
+	require.NoError(t, pgtest.Get().WaitReplicaCaughtUp(ctx))
+	p := startProxy(t, withReplica(4))
+	conn := connect(t, p.DSN("postgres", "postgres", ""), pgx.QueryExecModeExec)
+	read := "SELECT pg_is_in_recovery()"
+	write := "INSERT INTO pipeline_log VALUES (1) RETURNING pg_is_in_recovery()"
+
+	// Two transactions: the read may stay on the replica, the write moves.
+	got := pipelineInRecovery(t, conn, []string{read, write}, []bool{true, true})
+	assert.Equal(t, []bool{true, false}, got)
+	assert.Zero(t, p.Server.Stats().Routing.ReplayedOnPrimary)
+
+	// One implicit transaction: it starts on the replica, which refuses
+	// the write; nothing has reached the client, so all of it runs on the
+	// primary.
+	got = pipelineInRecovery(t, conn, []string{read, write}, []bool{false, true})
+	assert.Equal(t, []bool{false, false}, got)
+	assert.Equal(t, int64(1), p.Server.Stats().Routing.ReplayedOnPrimary)
+	var n int
+	require.NoError(t, admin.QueryRow(ctx, "SELECT count(*) FROM pipeline_log").Scan(&n))
+	assert.Equal(t, 2, n)
 }

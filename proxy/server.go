@@ -141,6 +141,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 	}
 	s.tls.Store(tc)
 	s.cfg.Store(cfg)
+	s.classifier.SetReadOnlyFunctions(cfg.Routing.ReadOnlyFunctions)
 	if old := s.cluster; old != nil {
 		old.Reconfigure(cfg)
 	}

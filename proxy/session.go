@@ -52,8 +52,9 @@ type session struct {
 	key         cancelKey
 	negotiate   []byte
 
-	wmu sync.Mutex
-	w   *bufio.Writer // guarded by wmu
+	wmu  sync.Mutex
+	w    *bufio.Writer // guarded by wmu
+	sent *sentCounter  // guarded by wmu; what w has written to the client
 
 	// Used by the client goroutine only:
 	skipping  bool   // drop messages until Sync, after an error kproxy reported mid-batch
@@ -103,6 +104,32 @@ type session struct {
 	copyIn            bool       // guarded by mu; the server is in COPY FROM STDIN and ignores Sync and Flush
 	releaseAfterWrite *pool.Conn // guarded by mu
 	closed            bool       // guarded by mu
+
+	// A transaction on a replica is replayable until something of its
+	// answer reaches the client: replayLog keeps its client messages, and
+	// sentAtAttach the client byte count when it started. replayNow is set
+	// when the replica refused it with 25006 (its answers are dropped until
+	// ReadyForQuery); forcePrimary while it runs again on the primary.
+	replayOK     bool   // guarded by mu
+	replayLog    []byte // guarded by mu
+	sentAtAttach int64  // guarded by mu
+	replayNow    bool   // guarded by mu
+	forcePrimary bool   // guarded by mu
+	// readOnPrimary is set while a read whose replica failed runs again on
+	// the primary.
+	readOnPrimary bool // guarded by mu
+}
+
+// sentCounter counts the bytes written to a client connection.
+type sentCounter struct {
+	net.Conn
+	n int64
+}
+
+func (c *sentCounter) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.n += int64(n)
+	return n, err
 }
 
 func newSession(srv *Server, cfg *config.Config, st *startup) *session {
@@ -111,7 +138,7 @@ func newSession(srv *Server, cfg *config.Config, st *startup) *session {
 		log:       srv.log.With(zap.String("user", st.user), zap.String("database", st.database)),
 		nc:        st.nc,
 		rd:        pgwire.NewReader(st.nc, clientReadBufBytes, cfg.MaxMessageBytes),
-		w:         bufio.NewWriterSize(st.nc, clientWriteBufBytes),
+		sent:      &sentCounter{Conn: st.nc},
 		user:      st.user,
 		database:  st.database,
 		settings:  st.settings,
@@ -121,6 +148,7 @@ func newSession(srv *Server, cfg *config.Config, st *startup) *session {
 		stmts:     map[string]*clientStmt{},
 	}
 	ss.changed.L = &ss.mu
+	ss.w = bufio.NewWriterSize(ss.sent, clientWriteBufBytes)
 	ss.routing = ss.mode == config.PoolModeTransaction && len(cfg.Replicas) > 0 && cfg.Routing.ReplicaReads
 	ss.settingsKey = pool.SettingsKey(ss.settings)
 	return ss
