@@ -63,6 +63,27 @@ type Config struct {
 	LogLevel string `yaml:"log_level"`
 	// Routing says how reads are sent to replicas.
 	Routing Routing `yaml:"routing"`
+	// BackendReservedConnections are the connections of each backend's
+	// max_connections (beyond superuser_reserved_connections) that kproxy
+	// leaves for other clients. The rest is the budget all of kproxy's
+	// pools on that backend share. Default 5.
+	BackendReservedConnections int `yaml:"backend_reserved_connections"`
+	// AdminUsers may use the admin console (the virtual database kproxy).
+	// Empty: every user that authenticates may.
+	AdminUsers []string `yaml:"admin_users"`
+	// Learning configures where learned workload patterns are kept.
+	Learning Learning `yaml:"learning"`
+}
+
+// Learning configures persistence of learned workload patterns.
+type Learning struct {
+	// RedisAddr (host:port) keeps the patterns in Redis, so that a restart
+	// does not forget them. Empty: kept in memory only.
+	RedisAddr string `yaml:"redis_addr"`
+	// RedisKey is the key prefix in Redis. Default "kproxy:workload".
+	RedisKey string `yaml:"redis_key"`
+	// SaveInterval is how often the patterns are saved. Default 1m.
+	SaveInterval time.Duration `yaml:"save_interval"`
 }
 
 // Routing configures read/write splitting (transaction mode only: a
@@ -160,6 +181,26 @@ type Pool struct {
 	// each server connection in transaction mode; the least recently used is
 	// closed on the server to make room. Default 1000.
 	MaxPreparedStatements int `yaml:"max_prepared_statements"`
+	// AdaptiveSizing lets kproxy size the pool between MinConnections and
+	// MaxConnections from the load it measures (and, with PatternLearning,
+	// the load it expects). Without it the pool may open up to
+	// MaxConnections. Default false.
+	AdaptiveSizing bool `yaml:"adaptive_sizing"`
+	// SizingInterval is how often the adaptive sizer decides. Default 1s.
+	SizingInterval time.Duration `yaml:"sizing_interval"`
+	// ShrinkCooldown is how long the load must stay low after the last
+	// change before the sizer shrinks the pool. Default 5s.
+	ShrinkCooldown time.Duration `yaml:"shrink_cooldown"`
+	// TargetUtilizationPercent is the share of the pool's connections the
+	// sizer aims to keep busy. Default 75.
+	TargetUtilizationPercent int `yaml:"target_utilization_percent"`
+	// HealthThreshold recycles, when it is released, a server connection
+	// whose health score (0-100) fell below it. Default 50.
+	HealthThreshold int `yaml:"health_threshold"`
+	// PatternLearning records, per statement shape, how often and how long
+	// transactions run and when in the week, to forecast the load and
+	// pre-warm the pool ahead of a predicted peak. Default false.
+	PatternLearning bool `yaml:"pattern_learning"`
 }
 
 // Database is per-database configuration.
@@ -189,14 +230,16 @@ type User struct {
 // Default returns a Config with every default filled in and no primary.
 func Default() Config {
 	return Config{
-		Listen:          "127.0.0.1:6432",
-		AdminListen:     "127.0.0.1:9930",
-		PoolMode:        PoolModeTransaction,
-		BackendTLS:      BackendTLS{SSLMode: "prefer"},
-		Pool:            DefaultPool(),
-		ShutdownTimeout: 30 * time.Second,
-		MaxMessageBytes: 64 << 20,
-		LogLevel:        "info",
+		Listen:                     "127.0.0.1:6432",
+		AdminListen:                "127.0.0.1:9930",
+		PoolMode:                   PoolModeTransaction,
+		BackendTLS:                 BackendTLS{SSLMode: "prefer"},
+		Pool:                       DefaultPool(),
+		ShutdownTimeout:            30 * time.Second,
+		MaxMessageBytes:            64 << 20,
+		LogLevel:                   "info",
+		BackendReservedConnections: 5,
+		Learning:                   Learning{RedisKey: "kproxy:workload", SaveInterval: time.Minute},
 		Routing: Routing{
 			ReplicaReads:       true,
 			MaxReplicaLagBytes: 16 << 20,
@@ -220,5 +263,10 @@ func DefaultPool() Pool {
 		ConnectTimeout:    5 * time.Second,
 
 		MaxPreparedStatements: 1000,
+
+		SizingInterval:           time.Second,
+		ShrinkCooldown:           5 * time.Second,
+		TargetUtilizationPercent: 75,
+		HealthThreshold:          50,
 	}
 }

@@ -44,6 +44,12 @@ func mergePools(mode PoolMode, layers ...Pool) Pool {
 		over(&p.HealthCheckPeriod, l.HealthCheckPeriod)
 		over(&p.ConnectTimeout, l.ConnectTimeout)
 		over(&p.MaxPreparedStatements, l.MaxPreparedStatements)
+		over(&p.AdaptiveSizing, l.AdaptiveSizing)
+		over(&p.SizingInterval, l.SizingInterval)
+		over(&p.ShrinkCooldown, l.ShrinkCooldown)
+		over(&p.TargetUtilizationPercent, l.TargetUtilizationPercent)
+		over(&p.HealthThreshold, l.HealthThreshold)
+		over(&p.PatternLearning, l.PatternLearning)
 	}
 	if p.Mode == "" {
 		p.Mode = mode

@@ -236,10 +236,18 @@ func (c *Config) validatePools(ps *problems) {
 			{"max_connections", p.MaxConnections},
 			{"prewarm_connections", p.PrewarmConnections},
 			{"max_prepared_statements", p.MaxPreparedStatements},
+			{"target_utilization_percent", p.TargetUtilizationPercent},
+			{"health_threshold", p.HealthThreshold},
 		} {
 			if f.n < 0 {
 				ps.add(path+"."+f.name, "must not be negative")
 			}
+		}
+		if p.TargetUtilizationPercent > 100 {
+			ps.add(path+".target_utilization_percent", "must be at most 100")
+		}
+		if p.HealthThreshold > 100 {
+			ps.add(path+".health_threshold", "must be at most 100")
 		}
 		for _, f := range []struct {
 			name string
@@ -251,12 +259,25 @@ func (c *Config) validatePools(ps *problems) {
 			{"idle_timeout", p.IdleTimeout},
 			{"health_check_period", p.HealthCheckPeriod},
 			{"connect_timeout", p.ConnectTimeout},
+			{"sizing_interval", p.SizingInterval},
+			{"shrink_cooldown", p.ShrinkCooldown},
 		} {
 			if f.d < 0 {
 				ps.add(path+"."+f.name, "must not be negative")
 			}
 		}
 	})
+	if c.BackendReservedConnections < 0 {
+		ps.add("backend_reserved_connections", "must not be negative")
+	}
+	if c.Learning.SaveInterval < 0 {
+		ps.add("learning.save_interval", "must not be negative")
+	}
+	for i, u := range c.AdminUsers {
+		if u == "" {
+			ps.add(fmt.Sprintf("admin_users[%d]", i), "must not be empty")
+		}
+	}
 	// Zero inherits in databases and users, but the top-level pool is where
 	// inheritance stops: an explicit 0 there is a mistake.
 	if c.Pool.MaxConnections == 0 {

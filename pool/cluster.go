@@ -34,10 +34,13 @@ type Cluster struct {
 	routeNanos     atomic.Int64
 	routeDecisions atomic.Int64
 
-	mu     sync.Mutex
-	cfg    *config.Config    // guarded by mu
-	pools  map[poolKey]*Pool // guarded by mu
-	closed bool              // guarded by mu
+	mu      sync.Mutex
+	cfg     *config.Config    // guarded by mu
+	pools   map[poolKey]*Pool // guarded by mu
+	closed  bool              // guarded by mu
+	budgets map[string]int    // guarded by mu; each backend's max_connections less its superuser reserve
+
+	sizeStop, sizeDone chan struct{}
 }
 
 // NewCluster returns a cluster for cfg's primary and replicas. cfg must have
@@ -46,8 +49,10 @@ type Cluster struct {
 // With replicas configured, NewCluster measures them once before returning
 // and then every routing.check_period until Close.
 func NewCluster(cfg *config.Config, log *zap.Logger) *Cluster {
-	c := &Cluster{log: log, cfg: cfg, pools: map[poolKey]*Pool{}}
+	c := &Cluster{log: log, cfg: cfg, pools: map[poolKey]*Pool{}, budgets: map[string]int{},
+		sizeStop: make(chan struct{}), sizeDone: make(chan struct{})}
 	c.monitor = newMonitor(cfg, log, c.closeIdleOn)
+	go c.sizeLoop()
 	return c
 }
 
@@ -282,6 +287,9 @@ func (c *Cluster) poolLocked(b config.Backend, database, user string) (*Pool, er
 		return nil, err
 	}
 	c.pools[k] = p
+	if p.workload.Load() != nil && c.cfg.Learning.RedisAddr != "" {
+		go c.restoreWorkload(p, k, c.cfg.Learning.RedisAddr, c.cfg.Learning.RedisKey)
+	}
 	return p, nil
 }
 
@@ -361,8 +369,13 @@ func (c *Cluster) Close() {
 	c.mu.Lock()
 	pools := c.pools
 	c.pools = map[poolKey]*Pool{}
+	wasClosed := c.closed
 	c.closed = true
 	c.mu.Unlock()
+	if !wasClosed {
+		close(c.sizeStop)
+	}
+	<-c.sizeDone
 	c.monitor.close()
 	var wg sync.WaitGroup
 	for _, p := range pools {

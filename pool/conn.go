@@ -60,6 +60,80 @@ type Conn struct {
 	expiresAt time.Time
 	idleSince time.Time
 	broken    bool
+
+	// acquiredAt is when the holder took it; fingerprint and example name
+	// the first statement of what it ran, for workload learning.
+	acquiredAt  time.Time
+	fingerprint uint64
+	example     string
+	// health is the connection's score, 0 to 100 (see NoteFailure).
+	health atomic.Int32
+}
+
+// Health scores: a connection starts at 100, loses 10 per
+// connection-level failure and 20 per failed liveness check, and gains 5
+// per passed check. Below the pool's health_threshold it is recycled when
+// released; below closeHealth it is closed even while idle.
+const (
+	fullHealth      = 100
+	failurePenalty  = 10
+	failedCheckCost = 20
+	passedCheckGain = 5
+	closeHealth     = 20
+)
+
+// Health returns the connection's health score.
+func (c *Conn) Health() int { return int(c.health.Load()) }
+
+// NoteFailure lowers the health score after a connection-level failure
+// (an I/O error, a timeout, a protocol error; not an SQL error).
+func (c *Conn) NoteFailure() { c.addHealth(-failurePenalty) }
+
+// noteCheck scores a liveness check.
+func (c *Conn) noteCheck(passed bool) {
+	if passed {
+		c.addHealth(passedCheckGain)
+	} else {
+		c.addHealth(-failedCheckCost)
+	}
+}
+
+func (c *Conn) addHealth(d int32) {
+	for {
+		old := c.health.Load()
+		n := min(max(old+d, 0), fullHealth)
+		if c.health.CompareAndSwap(old, n) {
+			return
+		}
+	}
+}
+
+// Learning reports whether the connection's pool learns its workload
+// (pattern_learning), so that NoteStatement is worth calling.
+func (c *Conn) Learning() bool { return c.pool != nil && c.pool.workload.Load() != nil }
+
+// NoteStatement records the fingerprint and text of the first statement the
+// holder runs, for workload learning. Later calls until Release are ignored.
+func (c *Conn) NoteStatement(fingerprint uint64, sql string) {
+	if c.fingerprint != 0 || c.pool == nil || c.pool.workload.Load() == nil {
+		return
+	}
+	c.fingerprint = fingerprint
+	c.example = strings.Clone(sql[:min(len(sql), maxExample)])
+}
+
+// maxExample bounds the statement text kept as a pattern's example.
+const maxExample = 200
+
+// NoteResult counts a statement's outcome for the pool's stats.
+func (c *Conn) NoteResult(failed bool) {
+	if c.pool == nil {
+		return
+	}
+	c.pool.queries.Add(1)
+	if failed {
+		c.pool.queryErrors.Add(1)
+	}
 }
 
 // Next reads the next message from the server. The frame is valid until the
@@ -112,7 +186,10 @@ func (c *Conn) Release() { c.pool.Release(c) }
 
 // MarkBroken records that the connection is in an unknown state; the pool
 // closes it instead of reusing it.
-func (c *Conn) MarkBroken() { c.broken = true }
+func (c *Conn) MarkBroken() {
+	c.broken = true
+	c.NoteFailure()
+}
 
 // SetReadDeadline sets the deadline of the underlying network connection's
 // reads; a past deadline unblocks a pending Next.

@@ -48,6 +48,11 @@ type replica struct {
 	lagSecs   float64
 	lastErr   string
 	ejections int64
+	// health scores the replica as a backend, 0 to 100, like a
+	// connection's: -20 per failure that ejects it, +5 per good check. It is readmitted only at replicaAdmitHealth or
+	// above, so a replica whose connections keep failing stays out longer
+	// each time.
+	health    int
 	checkedAt time.Time
 	inFlight  atomic.Int64
 	latency   atomic.Int64 // EWMA of transaction time on it, in ns
@@ -62,6 +67,7 @@ type ReplicaStats struct {
 	LagSeconds float64   `json:"lag_seconds"`
 	InFlight   int64     `json:"in_flight"`
 	Ejections  int64     `json:"ejections"`
+	Health     int       `json:"health"`
 	LastError  string    `json:"last_error,omitempty"`
 	CheckedAt  time.Time `json:"checked_at"`
 }
@@ -98,7 +104,7 @@ func newMonitor(cfg *config.Config, log *zap.Logger, onEject func(addr string)) 
 		conns:   map[string]*pgconn.PgConn{},
 	}
 	for _, b := range cfg.Replicas {
-		m.replicas = append(m.replicas, &replica{backend: b})
+		m.replicas = append(m.replicas, &replica{backend: b, health: fullHealth})
 	}
 	if len(m.replicas) == 0 {
 		close(m.done)
@@ -244,6 +250,16 @@ func (m *monitor) updateLocked(r *replica, row []string, err error, primaryLSN L
 			reason = fmt.Sprintf("lags %.1fs behind the primary (max_replica_lag %s)", r.lagSecs, m.cfg.MaxReplicaLag)
 		}
 	}
+	if reason == "" {
+		r.health = min(r.health+passedCheckGain, fullHealth)
+		if r.health < replicaAdmitHealth {
+			reason = fmt.Sprintf("recovering from failures: health %d, readmitted at %d", r.health, replicaAdmitHealth)
+		}
+	} else if was {
+		// Only the failure that ejects it counts: a replica that is down
+		// for long is not kept out longer once it is back.
+		r.health = max(r.health-failedCheckCost, 0)
+	}
 	r.lastErr = reason
 	r.healthy = reason == ""
 	switch {
@@ -257,6 +273,9 @@ func (m *monitor) updateLocked(r *replica, row []string, err error, primaryLSN L
 	return false
 }
 
+// replicaAdmitHealth is the health a replica needs to receive reads.
+const replicaAdmitHealth = 50
+
 // fail ejects the replica at addr at once, after a failure seen on one of
 // its connections; the next successful check readmits it.
 func (m *monitor) fail(addr string, err error) {
@@ -265,6 +284,7 @@ func (m *monitor) fail(addr string, err error) {
 	for _, r := range m.replicas {
 		if r.backend.Addr() == addr && r.healthy {
 			r.healthy = false
+			r.health = max(r.health-failedCheckCost, 0)
 			r.lastErr = err.Error()
 			r.ejections++
 			ejected = true
@@ -319,7 +339,8 @@ func (m *monitor) stats() []ReplicaStats {
 	for _, r := range m.replicas {
 		out = append(out, ReplicaStats{
 			Addr: r.backend.Addr(), Healthy: r.healthy, ReplayLSN: r.replayLSN.String(), LagBytes: r.lagBytes,
-			LagSeconds: r.lagSecs, InFlight: r.inFlight.Load(), Ejections: r.ejections, LastError: r.lastErr, CheckedAt: r.checkedAt,
+			LagSeconds: r.lagSecs, InFlight: r.inFlight.Load(), Ejections: r.ejections, Health: r.health,
+			LastError: r.lastErr, CheckedAt: r.checkedAt,
 		})
 	}
 	return out

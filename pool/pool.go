@@ -69,12 +69,15 @@ type Pool struct {
 	stop chan struct{}
 	done chan struct{}
 
-	mu      sync.Mutex
-	limits  config.Pool // guarded by mu
-	idle    []*Conn     // guarded by mu; most recently used last
-	open    int         // guarded by mu; connections open or being opened
-	waiters []*waiter   // guarded by mu; first come first served
-	closed  bool        // guarded by mu
+	mu     sync.Mutex
+	limits config.Pool // guarded by mu
+	// capacity is how many connections may be open now: MaxConnections,
+	// or what the adaptive sizer chose between MinConnections and it.
+	capacity int       // guarded by mu
+	idle     []*Conn   // guarded by mu; most recently used last
+	open     int       // guarded by mu; connections open or being opened
+	waiters  []*waiter // guarded by mu; first come first served
+	closed   bool      // guarded by mu
 
 	created      atomic.Int64
 	closedConns  atomic.Int64
@@ -83,6 +86,21 @@ type Pool struct {
 	timeouts     atomic.Int64
 	waitNanos    atomic.Int64
 	maxWaitNanos atomic.Int64
+
+	recycled    atomic.Int64
+	releases    atomic.Int64
+	busyNanos   atomic.Int64 // connection-time held by clients
+	queries     atomic.Int64
+	queryErrors atomic.Int64
+	waits       latencyHist // acquire waits
+	holds       latencyHist // how long each acquisition held its connection
+	// workload learns the pool's statement patterns (pattern_learning);
+	// nil when off.
+	workload atomic.Pointer[Workload]
+	// sizing is the adaptive sizer's state; only the cluster's sizer
+	// goroutine uses it.
+	sizing     *sizing
+	lastSizing atomic.Pointer[SizingStats]
 
 	preparedHits      atomic.Int64
 	preparedMisses    atomic.Int64
@@ -149,6 +167,14 @@ func New(cfg Config, log *zap.Logger) (*Pool, error) {
 		stop:   make(chan struct{}),
 		done:   make(chan struct{}),
 	}
+	p.capacity = cfg.Limits.MaxConnections
+	if cfg.Limits.AdaptiveSizing {
+		// The sizer grows it from here as load arrives.
+		p.capacity = max(cfg.Limits.MinConnections, cfg.Limits.PrewarmConnections, 1)
+	}
+	if cfg.Limits.PatternLearning {
+		p.workload.Store(NewWorkload(workloadPatterns))
+	}
 	go p.maintain()
 	return p, nil
 }
@@ -176,15 +202,44 @@ func (p *Pool) Limits() config.Pool {
 func (p *Pool) SetLimits(l config.Pool) {
 	p.mu.Lock()
 	p.limits = l
+	if l.PatternLearning && p.workload.Load() == nil {
+		p.workload.Store(NewWorkload(workloadPatterns))
+	}
+	capacity := l.MaxConnections
+	if l.AdaptiveSizing {
+		capacity = p.capacity
+	}
+	p.setCapacityLocked(capacity)
+}
+
+// SetCapacity changes how many connections the pool may open, within
+// [MinConnections, MaxConnections]. Shrinking closes idle connections
+// first; a busy one closes when it is released.
+func (p *Pool) SetCapacity(n int) {
+	p.mu.Lock()
+	p.setCapacityLocked(n)
+}
+
+// Capacity returns how many connections the pool may open now.
+func (p *Pool) Capacity() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.capacity
+}
+
+// setCapacityLocked applies capacity n and unlocks mu.
+func (p *Pool) setCapacityLocked(n int) {
+	l := p.limits
+	p.capacity = min(max(n, l.MinConnections, 1), max(l.MaxConnections, 1))
 	var drop []*Conn
-	for p.open > l.MaxConnections && len(p.idle) > 0 {
+	for p.open > p.capacity && len(p.idle) > 0 {
 		c := p.idle[0]
 		p.idle = p.idle[1:]
 		p.open--
 		drop = append(drop, c)
 	}
 	// Raising the limit lets waiters open connections.
-	for p.open < l.MaxConnections && len(p.waiters) > 0 {
+	for p.open < p.capacity && len(p.waiters) > 0 {
 		p.wakeLocked(nil)
 	}
 	p.mu.Unlock()
@@ -199,7 +254,7 @@ func (p *Pool) CloseIdle() {
 	idle := p.idle
 	p.idle = nil
 	p.open -= len(idle)
-	for len(p.waiters) > 0 && p.open < p.limits.MaxConnections {
+	for len(p.waiters) > 0 && p.open < p.capacity {
 		p.wakeLocked(nil)
 	}
 	p.mu.Unlock()
@@ -253,10 +308,10 @@ func (p *Pool) AcquirePreferring(ctx context.Context, settingsKey string) (*Conn
 				continue
 			}
 			p.mu.Unlock()
-			p.noteWait(start)
+			p.noteAcquired(c, start)
 			return c, nil
 		}
-		if p.open < p.limits.MaxConnections {
+		if p.open < p.capacity {
 			p.open++
 			p.mu.Unlock()
 			c, err := p.connect(ctx)
@@ -269,7 +324,7 @@ func (p *Pool) AcquirePreferring(ctx context.Context, settingsKey string) (*Conn
 				p.mu.Unlock()
 				return nil, err
 			}
-			p.noteWait(start)
+			p.noteAcquired(c, start)
 			return c, nil
 		}
 		w := &waiter{ch: make(chan *Conn, 1)}
@@ -283,7 +338,7 @@ func (p *Pool) AcquirePreferring(ctx context.Context, settingsKey string) (*Conn
 		select {
 		case c := <-w.ch:
 			if c != nil {
-				p.noteWait(start)
+				p.noteAcquired(c, start)
 				return c, nil
 			}
 			continue // capacity freed: try again
@@ -328,8 +383,11 @@ func (p *Pool) wakeLocked(c *Conn) {
 	w.ch <- c
 }
 
-func (p *Pool) noteWait(start time.Time) {
-	d := int64(time.Since(start))
+func (p *Pool) noteAcquired(c *Conn, start time.Time) {
+	now := time.Now()
+	c.acquiredAt = now
+	p.waits.add(now.Sub(start))
+	d := int64(now.Sub(start))
 	p.waitNanos.Add(d)
 	for {
 		m := p.maxWaitNanos.Load()
@@ -339,12 +397,31 @@ func (p *Pool) noteWait(start time.Time) {
 	}
 }
 
+// slowCheck is how long a liveness check may take and still pass.
+const slowCheck = time.Second
+
 // Release hands c back. A broken or expired connection, or one above the
 // pool's current maximum, is closed instead.
 func (p *Pool) Release(c *Conn) {
 	now := time.Now()
+	if !c.acquiredAt.IsZero() {
+		held := now.Sub(c.acquiredAt)
+		p.busyNanos.Add(int64(held))
+		p.releases.Add(1)
+		p.holds.add(held)
+		if w := p.workload.Load(); w != nil {
+			w.Record(c.fingerprint, c.example, c.acquiredAt, held)
+		}
+		c.acquiredAt = time.Time{}
+		c.fingerprint, c.example = 0, ""
+	}
 	p.mu.Lock()
-	if c.broken || p.closed || now.After(c.expiresAt) || p.open > p.limits.MaxConnections {
+	recycle := !c.broken && c.Health() < p.limits.HealthThreshold
+	if c.broken || p.closed || now.After(c.expiresAt) || p.open > p.capacity || recycle {
+		if recycle {
+			p.recycled.Add(1)
+			p.log.Info("recycling an unhealthy server connection", zap.Uint32("pid", c.pid), zap.Int("health", c.Health()))
+		}
 		p.open--
 		if len(p.waiters) > 0 && !p.closed {
 			p.wakeLocked(nil)
@@ -408,6 +485,7 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 		createdAt: now,
 		expiresAt: now.Add(life),
 	}
+	c.health.Store(fullHealth)
 	p.created.Add(1)
 	p.all.Store(c, struct{}{})
 	return c, nil
@@ -520,7 +598,7 @@ func (p *Pool) sweep() {
 	for _, c := range p.idle {
 		idleFor := now.Sub(c.idleSince)
 		switch {
-		case c.broken || now.After(c.expiresAt):
+		case c.broken || now.After(c.expiresAt) || c.Health() < closeHealth:
 			drop = append(drop, c)
 		case l.IdleTimeout > 0 && idleFor > l.IdleTimeout && p.open-len(drop) > l.MinConnections:
 			drop = append(drop, c)
@@ -541,11 +619,22 @@ func (p *Pool) sweep() {
 	}
 	for _, c := range check {
 		ctx, cancel := context.WithTimeout(context.Background(), l.ConnectTimeout)
+		began := time.Now()
 		err := c.Ping(ctx)
 		cancel()
-		if err != nil {
+		took := time.Since(began)
+		switch {
+		case err != nil:
+			c.noteCheck(false)
 			c.broken = true
 			p.log.Info("idle server connection failed its health check", zap.Uint32("pid", c.pid), zap.Error(err))
+		case took > slowCheck:
+			// Alive but slow to answer: a failed check all the same.
+			c.noteCheck(false)
+			p.log.Info("idle server connection was slow to answer its health check",
+				zap.Uint32("pid", c.pid), zap.Duration("took", took), zap.Int("health", c.Health()))
+		default:
+			c.noteCheck(true)
 		}
 		p.Release(c) // refreshes idleSince, or closes a broken one
 	}
@@ -582,6 +671,75 @@ type Stats struct {
 	PreparedEvictions int64 `json:"prepared_evictions"`
 
 	Servers []ServerStats `json:"servers"`
+
+	// Capacity is how many connections the pool may open now (the adaptive
+	// sizer moves it between min and max); Budget the connections kproxy
+	// may hold on the backend, 0 when unknown.
+	Capacity int `json:"capacity"`
+
+	// The same, grouped the way Kailash's pool stats are.
+	Connections  ConnectionCounts `json:"connections"`
+	Queries      QueryCounts      `json:"queries"`
+	Performance  Performance      `json:"performance"`
+	Health       PoolHealth       `json:"health"`
+	CurrentState CurrentState     `json:"current_state"`
+	Alerts       []Alert          `json:"alerts"`
+	// Workload holds what pattern_learning learned; nil when off.
+	Workload *WorkloadStats `json:"workload,omitempty"`
+	// Sizing is the adaptive sizer's last decision; nil when off.
+	Sizing *SizingStats `json:"sizing,omitempty"`
+}
+
+// ConnectionCounts counts server connections over the pool's life.
+type ConnectionCounts struct {
+	Created  int64 `json:"created"`
+	Recycled int64 `json:"recycled"`
+	Failed   int64 `json:"failed"`
+}
+
+// QueryCounts counts statements answered through the pool's connections.
+type QueryCounts struct {
+	Executed  int64   `json:"executed"`
+	Errors    int64   `json:"errors"`
+	ErrorRate float64 `json:"error_rate"`
+}
+
+// Performance holds acquisition and query (connection hold) times.
+type Performance struct {
+	AvgAcquisitionMs float64 `json:"avg_acquisition_time_ms"`
+	P99AcquisitionMs float64 `json:"p99_acquisition_time_ms"`
+	AvgQueryMs       float64 `json:"avg_query_time_ms"`
+	P99QueryMs       float64 `json:"p99_query_time_ms"`
+	Utilization      float64 `json:"utilization"`
+	QueriesPerConn   float64 `json:"queries_per_connection"`
+}
+
+// PoolHealth sums up the health scores of the open connections.
+type PoolHealth struct {
+	Score     float64 `json:"score"`
+	Unhealthy int     `json:"unhealthy_connections"`
+}
+
+// CurrentState is the pool right now.
+type CurrentState struct {
+	Total        int   `json:"total"`
+	Active       int   `json:"active"`
+	Available    int   `json:"available"`
+	HealthScores []int `json:"health_scores"`
+}
+
+// Alert is a threshold the pool crossed, with what to do about it.
+type Alert struct {
+	Name           string `json:"name"`
+	Detail         string `json:"detail"`
+	Recommendation string `json:"recommendation"`
+}
+
+// WorkloadStats is what pattern learning knows about the pool's load.
+type WorkloadStats struct {
+	FrequentPatterns []Pattern    `json:"frequent_patterns"`
+	PeakHours        []HourOfWeek `json:"peak_hours"`
+	Forecast         Forecast     `json:"forecast"`
 }
 
 // ServerStats describes one open server connection.
@@ -589,6 +747,8 @@ type ServerStats struct {
 	PID       uint32    `json:"pid"`
 	Prepared  int64     `json:"prepared_statements"`
 	CreatedAt time.Time `json:"created_at"`
+	Health    int       `json:"health"`
+	Active    bool      `json:"active"`
 }
 
 // Stats returns a snapshot of the pool.
@@ -597,8 +757,13 @@ func (p *Pool) Stats() Stats {
 	s := Stats{
 		Backend: p.cfg.Addr, Database: p.cfg.Database, User: p.cfg.User,
 		Open: p.open, Idle: len(p.idle), Active: p.open - len(p.idle), Waiting: len(p.waiters),
-		Max: p.limits.MaxConnections, Min: p.limits.MinConnections,
+		Max: p.limits.MaxConnections, Min: p.limits.MinConnections, Capacity: p.capacity,
 	}
+	idle := make(map[*Conn]bool, len(p.idle))
+	for _, c := range p.idle {
+		idle[c] = true
+	}
+	threshold := p.limits.HealthThreshold
 	p.mu.Unlock()
 	s.Created = p.created.Load()
 	s.Closed = p.closedConns.Load()
@@ -614,9 +779,97 @@ func (p *Pool) Stats() Stats {
 	s.PreparedEvictions = p.preparedEvictions.Load()
 	p.all.Range(func(k, _ any) bool {
 		c := k.(*Conn)
-		s.Servers = append(s.Servers, ServerStats{PID: c.pid, Prepared: c.preparedCount.Load(), CreatedAt: c.createdAt})
+		s.Servers = append(s.Servers, ServerStats{PID: c.pid, Prepared: c.preparedCount.Load(), CreatedAt: c.createdAt,
+			Health: c.Health(), Active: !idle[c]})
 		return true
 	})
 	sort.Slice(s.Servers, func(i, j int) bool { return s.Servers[i].PID < s.Servers[j].PID })
+	p.summarise(&s, threshold)
 	return s
+}
+
+// summarise fills the grouped stats and the alerts from the counters.
+func (p *Pool) summarise(s *Stats, threshold int) {
+	s.Connections = ConnectionCounts{Created: s.Created, Recycled: p.recycled.Load(), Failed: s.Failed}
+	q := QueryCounts{Executed: p.queries.Load(), Errors: p.queryErrors.Load()}
+	if q.Executed > 0 {
+		q.ErrorRate = float64(q.Errors) / float64(q.Executed)
+	}
+	s.Queries = q
+	waits, holds := p.waits.snapshot(), p.holds.snapshot()
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	s.Performance = Performance{
+		AvgAcquisitionMs: ms(waits.mean()), P99AcquisitionMs: ms(waits.quantile(0.99)),
+		AvgQueryMs: ms(holds.mean()), P99QueryMs: ms(holds.quantile(0.99)),
+	}
+	if s.Capacity > 0 {
+		s.Performance.Utilization = float64(s.Active) / float64(s.Capacity)
+	}
+	if s.Created > 0 {
+		s.Performance.QueriesPerConn = float64(q.Executed) / float64(s.Created)
+	}
+	s.Health = PoolHealth{Score: fullHealth}
+	scores := make([]int, 0, len(s.Servers))
+	sum := 0
+	for _, sv := range s.Servers {
+		scores = append(scores, sv.Health)
+		sum += sv.Health
+		if sv.Health < threshold {
+			s.Health.Unhealthy++
+		}
+	}
+	if len(scores) > 0 {
+		s.Health.Score = float64(sum) / float64(len(scores))
+	}
+	s.CurrentState = CurrentState{Total: s.Open, Active: s.Active, Available: s.Idle, HealthScores: scores}
+	s.Alerts = alerts(s)
+	s.Sizing = p.lastSizing.Load()
+	if w := p.workload.Load(); w != nil {
+		s.Workload = &WorkloadStats{
+			FrequentPatterns: w.FrequentPatterns(10),
+			PeakHours:        w.PeakHours(5),
+			Forecast:         w.Forecast(time.Now(), forecastHorizon, forecastHeadroom),
+		}
+	}
+}
+
+// Alert thresholds.
+const (
+	alertUtilization    = 0.9
+	alertErrorRate      = 0.05
+	alertUnhealthy      = 2
+	alertP99Acquisition = 100 // milliseconds
+	alertLowReuse       = 10  // queries per connection
+	alertMinQueries     = 100 // before low reuse means anything
+)
+
+// alerts returns the thresholds s crosses.
+func alerts(s *Stats) []Alert {
+	var out []Alert
+	if s.Performance.Utilization > alertUtilization {
+		out = append(out, Alert{"high_utilization",
+			fmt.Sprintf("%.0f%% of the pool's %d connections are busy", 100*s.Performance.Utilization, s.Capacity),
+			"raise max_connections or turn on adaptive_sizing"})
+	}
+	if s.Queries.ErrorRate > alertErrorRate {
+		out = append(out, Alert{"high_error_rate",
+			fmt.Sprintf("%.1f%% of statements failed", 100*s.Queries.ErrorRate),
+			"look at the errors clients receive; the server log names them"})
+	}
+	if s.Health.Unhealthy > alertUnhealthy {
+		out = append(out, Alert{"unhealthy_connections",
+			fmt.Sprintf("%d connections score below the health threshold", s.Health.Unhealthy),
+			"check the network and the server's load; unhealthy connections are recycled"})
+	}
+	if s.Performance.P99AcquisitionMs > alertP99Acquisition {
+		out = append(out, Alert{"slow_acquisition",
+			fmt.Sprintf("p99 wait for a connection is %.0f ms", s.Performance.P99AcquisitionMs),
+			"raise max_connections or turn on adaptive_sizing; look for long transactions"})
+	}
+	if s.Queries.Executed >= alertMinQueries && s.Performance.QueriesPerConn < alertLowReuse {
+		out = append(out, Alert{"low_reuse",
+			fmt.Sprintf("%.1f statements per connection opened", s.Performance.QueriesPerConn),
+			"connections are opened and closed too often: raise min_connections, idle_timeout or max_lifetime"})
+	}
+	return out
 }

@@ -9,6 +9,7 @@ import (
 //
 //	GET /healthz  200 "ok" while kproxy accepts clients, 503 while draining
 //	GET /stats    the Stats snapshot as JSON
+//	GET /metrics  the same as Prometheus metrics
 func (s *Server) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -23,6 +24,10 @@ func (s *Server) AdminHandler() http.Handler {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(s.Stats())
+	})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		s.writeMetrics(w)
 	})
 	return mux
 }

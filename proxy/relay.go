@@ -156,6 +156,15 @@ func (ss *session) awaitingLocked() bool {
 // connection first if needed, and writes it out. It returns false when the
 // session must end.
 func (ss *session) handle(t byte, msg []byte) bool {
+	if ss.srv.paused.Load() {
+		// PAUSE holds new transactions back, not those under way.
+		ss.mu.Lock()
+		attached := ss.server != nil
+		ss.mu.Unlock()
+		if !attached {
+			ss.srv.waitUnpaused()
+		}
+	}
 	ss.mu.Lock()
 	flushed := false
 	for {
@@ -181,6 +190,36 @@ func (ss *session) handle(t byte, msg []byte) bool {
 		ss.changed.Wait()
 	}
 	return ss.dispatchLocked(t, msg, !ss.rd.HasFrame())
+}
+
+// sqlOfLocked returns the statement text a Query, Parse or Bind runs, ""
+// when unknown.
+func (ss *session) sqlOfLocked(t byte, msg []byte) string {
+	body := msg[5:]
+	var parse []byte
+	switch t {
+	case 'Q':
+		return cstring(body)
+	case 'P':
+		parse = msg
+	case 'B':
+		name, _, _, ok := bindStatement(body)
+		switch {
+		case !ok:
+		case len(name) == 0:
+			parse = ss.unnamed
+		default:
+			if cs := ss.stmts[string(name)]; cs != nil {
+				parse = cs.parse
+			}
+		}
+	}
+	if len(parse) > 5 {
+		if _, query, _, ok := splitParse(parse[5:]); ok {
+			return string(query)
+		}
+	}
+	return ""
 }
 
 // flushServerLocked flushes what was written to the attached server
@@ -303,6 +342,11 @@ func (ss *session) dispatchLocked(t byte, msg []byte, flush bool) bool {
 		ss.replayOK = target.Replica()
 		ss.replayLog = ss.replayLog[:0]
 		ss.sentAtAttach = sent
+		if sc.Learning() {
+			if sql := ss.sqlOfLocked(t, msg); sql != "" {
+				sc.NoteStatement(ss.srv.classifier.Classify(sql).Fingerprint, sql)
+			}
+		}
 	}
 	if t == 'S' {
 		ss.skipping = false
@@ -763,7 +807,9 @@ func (ss *session) relayServer(sc *pool.Conn, done chan struct{}) {
 			return
 		}
 		switch t {
-		case '1', '2', '3', 'n', 'T', 'C', 'I', 's', 'E', 'Z':
+		case 'C', 'E':
+			sc.NoteResult(t == 'E')
+		case '1', '2', '3', 'n', 'T', 'I', 's', 'Z':
 		case 'G':
 			ss.copyInStarted()
 			fallthrough

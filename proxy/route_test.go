@@ -16,6 +16,7 @@ import (
 
 	"github.com/kproxy/kproxy/config"
 	"github.com/kproxy/kproxy/internal/pgtest"
+	"github.com/kproxy/kproxy/pool"
 )
 
 // withReplica adds the test cluster's replica to a transaction-mode proxy.
@@ -416,4 +417,46 @@ func TestAPipelinedWriteBehindAReadGoesToThePrimary(t *testing.T) {
 	var n int
 	require.NoError(t, admin.QueryRow(ctx, "SELECT count(*) FROM pipeline_log").Scan(&n))
 	assert.Equal(t, 2, n)
+}
+
+func TestAReplicaWhoseConnectionsKeepFailingStopsReceivingReads(t *testing.T) {
+	p := startProxy(t, withReplica(4))
+	ctx := context.Background()
+	conn := connect(t, p.DSN("postgres", "postgres", ""), pgx.QueryExecModeSimpleProtocol)
+	replica := connect(t, pgtest.Get().DSN(pgtest.Get().ReplicaAddr, "postgres", pgtest.Superuser), pgx.QueryExecModeExec)
+	replicaAddr := pgtest.Get().ReplicaAddr
+	_ = replicaAddr
+
+	// Kill kproxy's replica connections, and only those, as a flaky
+	// network would: each round ejects the replica and costs it health.
+	replicaStats := func() pool.ReplicaStats { return p.Server.Stats().Routing.Replicas[0] }
+	for round := range 4 {
+		require.Eventually(t, func() bool { return replicaStats().Healthy }, 10*time.Second, 10*time.Millisecond, "round %d", round)
+		require.Eventually(t, func() bool { return onReplica(t, conn, "SELECT pg_is_in_recovery()") }, 10*time.Second, 10*time.Millisecond)
+		ejections := replicaStats().Ejections
+		for _, ps := range p.Server.Stats().Pools {
+			if ps.Backend != replicaAddr {
+				continue
+			}
+			for _, sv := range ps.Servers {
+				_, err := replica.Exec(ctx, "SELECT pg_terminate_backend($1)", int(sv.PID))
+				require.NoError(t, err)
+			}
+		}
+		// The next read on a killed connection fails; kproxy runs it on
+		// the primary and ejects the replica.
+		require.Eventually(t, func() bool {
+			var r bool
+			require.NoError(t, conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&r))
+			return replicaStats().Ejections > ejections
+		}, 10*time.Second, time.Millisecond)
+	}
+	rs := replicaStats()
+	t.Logf("replica after repeated failures: %+v", rs)
+	assert.Less(t, rs.Health, 50)
+	assert.False(t, rs.Healthy, "kept out below the admission health")
+	assert.False(t, onReplica(t, conn, "SELECT pg_is_in_recovery()"), "reads go to the primary")
+	// Good checks bring it back.
+	require.Eventually(t, func() bool { return p.Server.Stats().Routing.Replicas[0].Healthy }, 10*time.Second, 50*time.Millisecond)
+	assert.True(t, onReplica(t, conn, "SELECT pg_is_in_recovery()"))
 }

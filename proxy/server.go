@@ -38,9 +38,17 @@ type Server struct {
 	stopRefresh chan struct{}
 	refreshDone chan struct{}
 
+	// paused is set by PAUSE on the admin console: new transactions wait
+	// on pauseCond until RESUME. reloader is what RELOAD runs.
+	paused    atomic.Bool
+	pauseMu   sync.Mutex
+	pauseCond *sync.Cond
+	reloader  atomic.Pointer[func() error]
+
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{} // guarded by mu
 	sessions  map[*session]struct{}     // guarded by mu
+	consoles  map[*session]struct{}     // guarded by mu; admin console clients
 	byKey     map[cancelKey]*session    // guarded by mu
 	draining  bool                      // guarded by mu
 	idle      chan struct{}             // guarded by mu; closed when draining and no sessions are left
@@ -74,8 +82,10 @@ func New(cfg *config.Config, cluster *pool.Cluster, log *zap.Logger) (*Server, e
 		classifier: classify.New(classifierCacheSize, nil),
 		listeners:  map[net.Listener]struct{}{},
 		sessions:   map[*session]struct{}{},
+		consoles:   map[*session]struct{}{},
 		byKey:      map[cancelKey]*session{},
 	}
+	s.pauseCond = sync.NewCond(&s.pauseMu)
 	if err := s.Reload(cfg); err != nil {
 		return nil, err
 	}
@@ -209,7 +219,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for ss := range s.sessions {
 		sessions = append(sessions, ss)
 	}
+	for ss := range s.consoles {
+		ss.kill(fatalf(codeAdminShutdown, "terminating connection because kproxy is shutting down"))
+	}
 	s.mu.Unlock()
+	if s.paused.Load() {
+		s.Resume() // a paused client would wait forever
+	}
 
 	for _, ss := range sessions {
 		ss.closeIfIdle()

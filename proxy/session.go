@@ -51,6 +51,7 @@ type session struct {
 	pool        *pool.Pool
 	key         cancelKey
 	negotiate   []byte
+	connectedAt time.Time
 
 	wmu  sync.Mutex
 	w    *bufio.Writer // guarded by wmu
@@ -134,18 +135,19 @@ func (c *sentCounter) Write(b []byte) (int, error) {
 
 func newSession(srv *Server, cfg *config.Config, st *startup) *session {
 	ss := &session{
-		srv:       srv,
-		log:       srv.log.With(zap.String("user", st.user), zap.String("database", st.database)),
-		nc:        st.nc,
-		rd:        pgwire.NewReader(st.nc, clientReadBufBytes, cfg.MaxMessageBytes),
-		sent:      &sentCounter{Conn: st.nc},
-		user:      st.user,
-		database:  st.database,
-		settings:  st.settings,
-		mode:      cfg.PoolFor(st.database, st.user).Mode,
-		negotiate: st.negotiateMessage(),
-		txStatus:  pgwire.TxIdle,
-		stmts:     map[string]*clientStmt{},
+		srv:         srv,
+		log:         srv.log.With(zap.String("user", st.user), zap.String("database", st.database)),
+		nc:          st.nc,
+		rd:          pgwire.NewReader(st.nc, clientReadBufBytes, cfg.MaxMessageBytes),
+		sent:        &sentCounter{Conn: st.nc},
+		user:        st.user,
+		database:    st.database,
+		settings:    st.settings,
+		mode:        cfg.PoolFor(st.database, st.user).Mode,
+		negotiate:   st.negotiateMessage(),
+		txStatus:    pgwire.TxIdle,
+		connectedAt: time.Now(),
+		stmts:       map[string]*clientStmt{},
 	}
 	ss.changed.L = &ss.mu
 	ss.w = bufio.NewWriterSize(ss.sent, clientWriteBufBytes)

@@ -51,6 +51,18 @@ func (s *Server) handle(nc net.Conn) {
 	}
 	cfg := s.cfg.Load()
 	ss := newSession(s, cfg, st)
+	if st.database == consoleDatabase {
+		if err := ss.consoleLogin(); err != nil {
+			s.stats.loginsFailed.Add(1)
+			s.log.Info("admin console login failed", zap.String("user", st.user), zap.Error(err))
+			_ = ss.writeClient(encodeFatal(nil, err), true)
+			ss.closeConn()
+			return
+		}
+		_ = st.nc.SetDeadline(time.Time{})
+		ss.runConsole()
+		return
+	}
 	if err := ss.login(); err != nil {
 		s.stats.loginsFailed.Add(1)
 		s.log.Debug("login failed", zap.String("user", st.user), zap.String("database", st.database), zap.Error(err))

@@ -198,6 +198,8 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		zap.String("version", version), zap.String("listen", cfg.Listen), zap.String("admin_listen", cfg.AdminListen),
 		zap.String("primary", cfg.Primary.Addr()), zap.Int("replicas", len(cfg.Replicas)), zap.String("pool_mode", string(cfg.PoolMode)))
 
+	srv.SetReloader(func() error { return reload(f, srv, log) })
+	proxy.Version = "kproxy " + version
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 
@@ -214,7 +216,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 			return 0
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				reload(f, srv, log)
+				_ = reload(f, srv, log)
 				continue
 			}
 			log.Info("draining: waiting for open transactions", zap.Stringer("signal", sig), zap.Duration("timeout", cfg.ShutdownTimeout))
@@ -233,17 +235,20 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-func reload(f *serveFlags, srv *proxy.Server, log *zap.Logger) {
+// reload re-reads the configuration and applies it, on SIGHUP or the
+// admin console's RELOAD.
+func reload(f *serveFlags, srv *proxy.Server, log *zap.Logger) error {
 	cfg, err := f.load()
 	if err != nil {
 		log.Error("reload rejected; keeping the running configuration", zap.Error(err))
-		return
+		return err
 	}
 	if err := srv.Reload(cfg); err != nil {
 		log.Error("reload failed; keeping the running configuration", zap.Error(err))
-		return
+		return err
 	}
 	log.Info("configuration reloaded")
+	return nil
 }
 
 func newLogger(level string, w io.Writer) (*zap.Logger, error) {
