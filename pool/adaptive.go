@@ -91,7 +91,6 @@ func (c *Cluster) sizeLoop() {
 	for {
 		select {
 		case <-c.sizeStop:
-			c.saveWorkloads()
 			return
 		case now := <-t.C:
 			c.sizeOnce(now)

@@ -367,9 +367,15 @@ func (c *Cluster) Stats() []Stats {
 // Close closes every pool. It is idempotent.
 func (c *Cluster) Close() {
 	c.mu.Lock()
+	wasClosed := c.closed
+	c.mu.Unlock()
+	if !wasClosed {
+		c.saveWorkloads() // what the pools learned outlives the restart
+	}
+	c.mu.Lock()
 	pools := c.pools
 	c.pools = map[poolKey]*Pool{}
-	wasClosed := c.closed
+	wasClosed = c.closed
 	c.closed = true
 	c.mu.Unlock()
 	if !wasClosed {
