@@ -75,7 +75,7 @@ func (ss *session) startReplayLocked() bool {
 	if ss.sent.n != ss.sentAtAttach {
 		return false // part of the answer reached the client
 	}
-	ss.w.Reset(ss.sent)
+	ss.w.Discard()
 	ss.replayNow = true
 	ss.checking = make(chan struct{})
 	return true

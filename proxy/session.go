@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -54,7 +53,7 @@ type session struct {
 	connectedAt time.Time
 
 	wmu  sync.Mutex
-	w    *bufio.Writer // guarded by wmu
+	w    clientWriter  // guarded by wmu
 	sent *sentCounter  // guarded by wmu; what w has written to the client
 
 	// Used by the client goroutine only:
@@ -121,6 +120,15 @@ type session struct {
 	readOnPrimary bool // guarded by mu
 }
 
+// newClientReader reads a client's messages, holding no buffer while the
+// client is idle when nc is a plain socket.
+func newClientReader(nc net.Conn, maxBytes int) *pgwire.Reader {
+	if wait := readableWait(nc); wait != nil {
+		return pgwire.NewIdleReader(nc, wait, clientReadBufBytes, maxBytes)
+	}
+	return pgwire.NewReader(nc, clientReadBufBytes, maxBytes)
+}
+
 // sentCounter counts the bytes written to a client connection.
 type sentCounter struct {
 	net.Conn
@@ -138,7 +146,7 @@ func newSession(srv *Server, cfg *config.Config, st *startup) *session {
 		srv:         srv,
 		log:         srv.log.With(zap.String("user", st.user), zap.String("database", st.database)),
 		nc:          st.nc,
-		rd:          pgwire.NewReader(st.nc, clientReadBufBytes, cfg.MaxMessageBytes),
+		rd:          newClientReader(st.nc, cfg.MaxMessageBytes),
 		sent:        &sentCounter{Conn: st.nc},
 		user:        st.user,
 		database:    st.database,
@@ -150,7 +158,7 @@ func newSession(srv *Server, cfg *config.Config, st *startup) *session {
 		stmts:       map[string]*clientStmt{},
 	}
 	ss.changed.L = &ss.mu
-	ss.w = bufio.NewWriterSize(ss.sent, clientWriteBufBytes)
+	ss.w = clientWriter{dst: ss.sent}
 	ss.routing = ss.mode == config.PoolModeTransaction && len(cfg.Replicas) > 0 && cfg.Routing.ReplicaReads
 	ss.settingsKey = pool.SettingsKey(ss.settings)
 	return ss

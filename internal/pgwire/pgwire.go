@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 )
 
 // Protocol codes found in the first message of a connection.
@@ -46,40 +47,99 @@ func (e *PartialError) Unwrap() error { return e.Err }
 
 // Reader reads typed frames. It is not safe for concurrent use.
 type Reader struct {
-	r   *bufio.Reader
-	buf []byte
-	max int
+	r    *bufio.Reader // nil while an idle reader has given its buffer back
+	src  io.Reader
+	size int
+	buf  []byte // copy of a frame larger than the read buffer
+	max  int
+	// wait, when set, blocks until src has bytes to read without
+	// consuming any; the reader lends its buffers back while it waits, so
+	// an idle connection holds none.
+	wait func() error
+}
+
+// readerPools holds idle readers' buffers, by size.
+var readerPools sync.Map // int → *sync.Pool of *bufio.Reader
+
+func readerPool(size int) *sync.Pool {
+	if p, ok := readerPools.Load(size); ok {
+		return p.(*sync.Pool)
+	}
+	p, _ := readerPools.LoadOrStore(size, &sync.Pool{New: func() any { return bufio.NewReaderSize(nil, size) }})
+	return p.(*sync.Pool)
 }
 
 // NewReader returns a Reader over r that refuses frames with a body longer
 // than maxBytes.
 func NewReader(r io.Reader, bufBytes, maxBytes int) *Reader {
-	return &Reader{r: bufio.NewReaderSize(r, bufBytes), max: maxBytes}
+	return &Reader{r: bufio.NewReaderSize(r, bufBytes), src: r, size: bufBytes, max: maxBytes}
+}
+
+// NewIdleReader is NewReader for a connection that is mostly idle: before
+// a read that would block with nothing buffered it calls wait, which must
+// block until r has bytes to read without consuming them, and meanwhile
+// holds no buffer.
+func NewIdleReader(r io.Reader, wait func() error, bufBytes, maxBytes int) *Reader {
+	return &Reader{src: r, size: bufBytes, max: maxBytes, wait: wait}
+}
+
+// release gives an idle reader's buffers back.
+func (r *Reader) release() {
+	if r.r != nil {
+		r.r.Reset(nil)
+		readerPool(r.size).Put(r.r)
+		r.r = nil
+	}
+	r.buf = nil
 }
 
 // Next reads one frame and returns its type byte and the whole frame (type,
 // length, body). The frame is only valid until the next call to Next.
 func (r *Reader) Next() (byte, []byte, error) {
-	var hdr [headerBytes]byte
-	if got, err := io.ReadFull(r.r, hdr[:]); err != nil {
-		if got > 0 {
+	if r.wait != nil && (r.r == nil || r.r.Buffered() == 0) {
+		r.release()
+		if err := r.wait(); err != nil {
+			return 0, nil, err
+		}
+	}
+	if r.r == nil {
+		r.r = readerPool(r.size).Get().(*bufio.Reader)
+		r.r.Reset(r.src)
+	}
+	hdr, err := r.r.Peek(headerBytes)
+	if err != nil {
+		if len(hdr) > 0 {
 			return 0, nil, &PartialError{Err: noEOF(err)}
 		}
 		return 0, nil, err
 	}
+	t := hdr[0]
 	n := int(binary.BigEndian.Uint32(hdr[1:]))
 	if n < 4 {
-		return 0, nil, fmt.Errorf("%w: type %q declares %d bytes", ErrMalformed, hdr[0], n)
+		return 0, nil, fmt.Errorf("%w: type %q declares %d bytes", ErrMalformed, t, n)
 	}
 	if n-4 > r.max {
-		return 0, nil, fmt.Errorf("%w: type %q declares %d bytes, limit is %d", ErrTooLarge, hdr[0], n-4, r.max)
+		return 0, nil, fmt.Errorf("%w: type %q declares %d bytes, limit is %d", ErrTooLarge, t, n-4, r.max)
 	}
 	total := 1 + n
+	if total <= r.r.Size() {
+		// The frame fits the read buffer: hand it out from there, with no
+		// copy. It stays put until the next read.
+		frame, err := r.r.Peek(total)
+		if err != nil {
+			return 0, nil, &PartialError{Err: noEOF(err)}
+		}
+		_, _ = r.r.Discard(total)
+		return t, frame, nil
+	}
+	var h [headerBytes]byte
+	copy(h[:], hdr)
+	_, _ = r.r.Discard(headerBytes)
 	buf := r.buf[:0]
 	if cap(buf) < min(total, growStepBytes) {
 		buf = make([]byte, 0, max(min(total, growStepBytes), 512))
 	}
-	buf = append(buf, hdr[:]...)
+	buf = append(buf, h[:]...)
 	// Memory grows with the bytes that actually arrive, not with the length
 	// a client declares.
 	for len(buf) < total {
@@ -98,17 +158,22 @@ func (r *Reader) Next() (byte, []byte, error) {
 	if cap(r.buf) > 1<<20 && total < 1<<16 {
 		r.buf = nil
 	}
-	return hdr[0], buf, nil
+	return t, buf, nil
 }
 
 // Buffered reports how many bytes can be read without blocking.
-func (r *Reader) Buffered() int { return r.r.Buffered() }
+func (r *Reader) Buffered() int {
+	if r.r == nil {
+		return 0
+	}
+	return r.r.Buffered()
+}
 
 // HasFrame reports whether a whole frame is already buffered, so that Next
 // will not block. When it is false, whatever was written in response to
 // earlier frames should be flushed.
 func (r *Reader) HasFrame() bool {
-	if r.r.Buffered() < headerBytes {
+	if r.r == nil || r.r.Buffered() < headerBytes {
 		return false
 	}
 	hdr, err := r.r.Peek(headerBytes)
