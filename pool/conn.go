@@ -295,6 +295,10 @@ func (c *Conn) UnnamedOwner() any { return c.unnamedOwner }
 // SetUnnamedOwner records whose unnamed statement the server now holds.
 func (c *Conn) SetUnnamedOwner(owner any) { c.unnamedOwner = owner }
 
+// HasSettings reports whether the connection's settings have SettingsKey
+// key, so that Sync would do nothing.
+func (c *Conn) HasSettings(key string) bool { return c.settingsKey == key }
+
 // Settings returns what kproxy applied to this connection with Sync.
 func (c *Conn) Settings() map[string]string { return c.settings }
 

@@ -51,10 +51,9 @@ func (c *clientWriter) Discard() {
 	}
 }
 
-// readableWait returns a function that blocks until nc has bytes to read,
-// without reading them, for pgwire.NewIdleReader; nil when nc is not a
-// plain socket (TLS keeps its own buffers anyway).
-func readableWait(nc net.Conn) func() error {
+// rawConn returns nc's raw connection for pgwire.NewIdleReader, nil when
+// nc is not a plain socket (TLS keeps buffers of its own anyway).
+func rawConn(nc net.Conn) syscall.RawConn {
 	sc, ok := nc.(syscall.Conn)
 	if !ok {
 		return nil
@@ -63,12 +62,5 @@ func readableWait(nc net.Conn) func() error {
 	if err != nil {
 		return nil
 	}
-	var one [1]byte
-	ready := func(fd uintptr) bool {
-		_, _, err := syscall.Recvfrom(int(fd), one[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		// EAGAIN: nothing yet, let the poller wait. Anything else (bytes,
-		// end of stream, an error) is for the read that follows.
-		return err != syscall.EAGAIN
-	}
-	return func() error { return rc.Read(ready) }
+	return rc
 }

@@ -123,8 +123,8 @@ type session struct {
 // newClientReader reads a client's messages, holding no buffer while the
 // client is idle when nc is a plain socket.
 func newClientReader(nc net.Conn, maxBytes int) *pgwire.Reader {
-	if wait := readableWait(nc); wait != nil {
-		return pgwire.NewIdleReader(nc, wait, clientReadBufBytes, maxBytes)
+	if raw := rawConn(nc); raw != nil {
+		return pgwire.NewIdleReader(nc, raw, clientReadBufBytes, maxBytes)
 	}
 	return pgwire.NewReader(nc, clientReadBufBytes, maxBytes)
 }
@@ -243,16 +243,20 @@ func secretBytes(s uint32) []byte {
 // acquire takes a server connection from p and applies the client's
 // settings to it.
 func (ss *session) acquire(p *pool.Pool) (*pool.Conn, error) {
-	limits := p.Limits()
-	ctx, cancel := context.WithTimeout(context.Background(), limits.AcquireTimeout+limits.ConnectTimeout)
-	defer cancel()
 	ss.mu.Lock()
 	settings, key := ss.settings, ss.settingsKey
 	ss.mu.Unlock()
-	sc, err := p.AcquirePreferring(ctx, key)
+	// The pool bounds the wait (acquire_timeout) and the connect
+	// (connect_timeout) itself.
+	sc, err := p.AcquirePreferring(context.Background(), key)
 	if err != nil {
 		return nil, err
 	}
+	if sc.HasSettings(key) {
+		return sc, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), p.Limits().ConnectTimeout)
+	defer cancel()
 	if err := sc.Sync(ctx, settings); err != nil {
 		sc.Release() // Sync marked it broken; the pool closes it
 		return nil, err

@@ -11,12 +11,12 @@
 package pgwire
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"sync"
+	"syscall"
 )
 
 // Protocol codes found in the first message of a connection.
@@ -47,74 +47,134 @@ func (e *PartialError) Unwrap() error { return e.Err }
 
 // Reader reads typed frames. It is not safe for concurrent use.
 type Reader struct {
-	r    *bufio.Reader // nil while an idle reader has given its buffer back
 	src  io.Reader
+	raw  syscall.RawConn // set for an idle reader: see NewIdleReader
 	size int
-	buf  []byte // copy of a frame larger than the read buffer
+	b    []byte // read buffer; nil while an idle reader waits
+	r, w int    // b[r:w] is read but not yet handed out
+	big  []byte // frames larger than the read buffer are copied here
 	max  int
-	// wait, when set, blocks until src has bytes to read without
-	// consuming any; the reader lends its buffers back while it waits, so
-	// an idle connection holds none.
-	wait func() error
 }
 
-// readerPools holds idle readers' buffers, by size.
-var readerPools sync.Map // int → *sync.Pool of *bufio.Reader
+// bufPools holds idle readers' buffers, by size.
+var bufPools sync.Map // int → *sync.Pool of *[]byte
 
-func readerPool(size int) *sync.Pool {
-	if p, ok := readerPools.Load(size); ok {
+func bufPool(size int) *sync.Pool {
+	if p, ok := bufPools.Load(size); ok {
 		return p.(*sync.Pool)
 	}
-	p, _ := readerPools.LoadOrStore(size, &sync.Pool{New: func() any { return bufio.NewReaderSize(nil, size) }})
+	p, _ := bufPools.LoadOrStore(size, &sync.Pool{New: func() any {
+		b := make([]byte, size)
+		return &b
+	}})
 	return p.(*sync.Pool)
 }
 
-// NewReader returns a Reader over r that refuses frames with a body longer
-// than maxBytes.
+// NewReader returns a Reader over r with a read buffer of bufBytes that
+// refuses frames with a body longer than maxBytes.
 func NewReader(r io.Reader, bufBytes, maxBytes int) *Reader {
-	return &Reader{r: bufio.NewReaderSize(r, bufBytes), src: r, size: bufBytes, max: maxBytes}
+	return &Reader{src: r, size: bufBytes, b: make([]byte, bufBytes), max: maxBytes}
 }
 
-// NewIdleReader is NewReader for a connection that is mostly idle: before
-// a read that would block with nothing buffered it calls wait, which must
-// block until r has bytes to read without consuming them, and meanwhile
-// holds no buffer.
-func NewIdleReader(r io.Reader, wait func() error, bufBytes, maxBytes int) *Reader {
-	return &Reader{src: r, size: bufBytes, max: maxBytes, wait: wait}
+// NewIdleReader is NewReader for a socket that is mostly idle, as a
+// client's is between transactions: while nothing is buffered it holds no
+// buffer. It waits for the socket to be readable through raw (from
+// syscall.Conn), and reads with one system call once it is.
+func NewIdleReader(r io.Reader, raw syscall.RawConn, bufBytes, maxBytes int) *Reader {
+	return &Reader{src: r, raw: raw, size: bufBytes, max: maxBytes}
 }
 
 // release gives an idle reader's buffers back.
 func (r *Reader) release() {
-	if r.r != nil {
-		r.r.Reset(nil)
-		readerPool(r.size).Put(r.r)
-		r.r = nil
+	if r.b != nil {
+		b := r.b[:cap(r.b)]
+		bufPool(r.size).Put(&b)
+		r.b = nil
 	}
-	r.buf = nil
+	r.r, r.w = 0, 0
+	r.big = nil
+}
+
+func (r *Reader) take() {
+	if r.b == nil {
+		r.b = *bufPool(r.size).Get().(*[]byte)
+	}
+}
+
+// read reads into b[w:]. An idle reader with nothing buffered takes its
+// buffer only for the system call that finds bytes.
+func (r *Reader) read() (int, error) {
+	if r.raw == nil || r.w > r.r {
+		r.take()
+		return r.src.Read(r.b[r.w:])
+	}
+	var n int
+	var rerr error
+	err := r.raw.Read(func(fd uintptr) bool {
+		r.take()
+		for {
+			n, rerr = syscall.Read(int(fd), r.b[r.w:])
+			if rerr != syscall.EINTR {
+				break
+			}
+		}
+		if rerr == syscall.EAGAIN {
+			if r.w == 0 {
+				r.release() // hold nothing while waiting
+			}
+			return false
+		}
+		return true
+	})
+	switch {
+	case err != nil:
+		return 0, err
+	case rerr != nil:
+		return 0, rerr
+	case n <= 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// fill makes at least need bytes (need <= size) available in b[r:w].
+func (r *Reader) fill(need int) error {
+	if r.w-r.r >= need {
+		return nil
+	}
+	r.take()
+	if len(r.b)-r.r < need {
+		copy(r.b, r.b[r.r:r.w])
+		r.w -= r.r
+		r.r = 0
+	}
+	for r.w-r.r < need {
+		n, err := r.read()
+		r.w += n
+		if err != nil {
+			if r.w-r.r >= need {
+				return nil
+			}
+			return err
+		}
+	}
+	return nil
 }
 
 // Next reads one frame and returns its type byte and the whole frame (type,
 // length, body). The frame is only valid until the next call to Next.
 func (r *Reader) Next() (byte, []byte, error) {
-	if r.wait != nil && (r.r == nil || r.r.Buffered() == 0) {
+	if r.raw != nil && r.r == r.w {
 		r.release()
-		if err := r.wait(); err != nil {
-			return 0, nil, err
-		}
 	}
-	if r.r == nil {
-		r.r = readerPool(r.size).Get().(*bufio.Reader)
-		r.r.Reset(r.src)
-	}
-	hdr, err := r.r.Peek(headerBytes)
-	if err != nil {
-		if len(hdr) > 0 {
+	if err := r.fill(headerBytes); err != nil {
+		if r.w > r.r {
 			return 0, nil, &PartialError{Err: noEOF(err)}
 		}
 		return 0, nil, err
 	}
-	t := hdr[0]
-	n := int(binary.BigEndian.Uint32(hdr[1:]))
+	t := r.b[r.r]
+	n := int(binary.BigEndian.Uint32(r.b[r.r+1:]))
 	if n < 4 {
 		return 0, nil, fmt.Errorf("%w: type %q declares %d bytes", ErrMalformed, t, n)
 	}
@@ -122,65 +182,55 @@ func (r *Reader) Next() (byte, []byte, error) {
 		return 0, nil, fmt.Errorf("%w: type %q declares %d bytes, limit is %d", ErrTooLarge, t, n-4, r.max)
 	}
 	total := 1 + n
-	if total <= r.r.Size() {
+	if total <= r.size {
 		// The frame fits the read buffer: hand it out from there, with no
-		// copy. It stays put until the next read.
-		frame, err := r.r.Peek(total)
-		if err != nil {
+		// copy. It stays put until the next call.
+		if err := r.fill(total); err != nil {
 			return 0, nil, &PartialError{Err: noEOF(err)}
 		}
-		_, _ = r.r.Discard(total)
+		frame := r.b[r.r : r.r+total]
+		r.r += total
 		return t, frame, nil
 	}
-	var h [headerBytes]byte
-	copy(h[:], hdr)
-	_, _ = r.r.Discard(headerBytes)
-	buf := r.buf[:0]
+	buf := r.big[:0]
 	if cap(buf) < min(total, growStepBytes) {
 		buf = make([]byte, 0, max(min(total, growStepBytes), 512))
 	}
-	buf = append(buf, h[:]...)
-	// Memory grows with the bytes that actually arrive, not with the length
-	// a client declares.
+	// What is buffered first, then straight from the source. Memory grows
+	// with the bytes that actually arrive, not with the length a client
+	// declares.
+	buf = append(buf, r.b[r.r:r.w]...)
+	r.r, r.w = 0, 0
 	for len(buf) < total {
 		if len(buf) == cap(buf) {
 			buf = append(buf[:cap(buf)], make([]byte, min(cap(buf), total-cap(buf)))...)[:len(buf)]
 		}
-		got, err := io.ReadFull(r.r, buf[len(buf):min(cap(buf), total)])
+		got, err := io.ReadFull(r.src, buf[len(buf):min(cap(buf), total)])
 		buf = buf[:len(buf)+got]
 		if err != nil {
-			r.buf = buf[:0]
+			r.big = buf[:0]
 			return 0, nil, &PartialError{Err: noEOF(err)}
 		}
 	}
-	r.buf = buf
+	r.big = buf
 	// Give back memory held for a rare huge message.
-	if cap(r.buf) > 1<<20 && total < 1<<16 {
-		r.buf = nil
+	if cap(r.big) > 1<<20 {
+		r.big = nil
 	}
 	return t, buf, nil
 }
 
 // Buffered reports how many bytes can be read without blocking.
-func (r *Reader) Buffered() int {
-	if r.r == nil {
-		return 0
-	}
-	return r.r.Buffered()
-}
+func (r *Reader) Buffered() int { return r.w - r.r }
 
 // HasFrame reports whether a whole frame is already buffered, so that Next
 // will not block. When it is false, whatever was written in response to
 // earlier frames should be flushed.
 func (r *Reader) HasFrame() bool {
-	if r.r == nil || r.r.Buffered() < headerBytes {
+	if r.w-r.r < headerBytes {
 		return false
 	}
-	hdr, err := r.r.Peek(headerBytes)
-	if err != nil {
-		return false
-	}
-	return r.r.Buffered() >= 1+int(binary.BigEndian.Uint32(hdr[1:]))
+	return r.w-r.r >= 1+int(binary.BigEndian.Uint32(r.b[r.r+1:]))
 }
 
 // ReadStartup reads an untyped startup-phase frame (StartupMessage,

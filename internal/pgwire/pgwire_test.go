@@ -5,9 +5,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"net"
 	"runtime"
+	"strings"
 	"testing"
 	"testing/iotest"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -222,4 +225,44 @@ func FuzzReadStartup(f *testing.F) {
 		require.Equal(t, in[:len(msg)], msg)
 		require.Equal(t, len(in)-len(msg), src.Len(), "read past the frame")
 	})
+}
+
+func TestAnIdleReaderReadsFramesFromASocketAndHoldsNoBufferBetweenThem(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	defer client.Close()
+	server, err := ln.Accept()
+	require.NoError(t, err)
+	defer server.Close()
+	raw, err := server.(*net.TCPConn).SyscallConn()
+	require.NoError(t, err)
+	r := pgwire.NewIdleReader(server, raw, 64, 1<<20)
+
+	big := frame('Q', strings.Repeat("x", 1000)+"\x00") // larger than the buffer
+	go func() {
+		_, _ = client.Write(concat(frame('Q', "SELECT 1\x00"), frame('S', "")))
+		time.Sleep(20 * time.Millisecond)
+		_, _ = client.Write(big[:10])
+		time.Sleep(20 * time.Millisecond)
+		_, _ = client.Write(big[10:])
+		_ = client.(*net.TCPConn).CloseWrite()
+	}()
+	typ, f, err := r.Next()
+	require.NoError(t, err)
+	assert.Equal(t, byte('Q'), typ)
+	assert.Equal(t, frame('Q', "SELECT 1\x00"), f)
+	assert.True(t, r.HasFrame())
+	typ, _, err = r.Next()
+	require.NoError(t, err)
+	assert.Equal(t, byte('S'), typ)
+	assert.Zero(t, r.Buffered())
+	typ, f, err = r.Next()
+	require.NoError(t, err)
+	assert.Equal(t, byte('Q'), typ)
+	assert.Equal(t, big, f)
+	_, _, err = r.Next()
+	assert.ErrorIs(t, err, io.EOF)
 }
