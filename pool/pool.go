@@ -100,6 +100,9 @@ type Pool struct {
 	// sizing is the adaptive sizer's state; only the cluster's sizer
 	// goroutine uses it.
 	sizing     *sizing
+	// params are the ParameterStatus values the pool's first connection
+	// reported, for logins that need no connection of their own.
+	params atomic.Pointer[map[string]string]
 	lastSizing atomic.Pointer[SizingStats]
 
 	preparedHits      atomic.Int64
@@ -212,6 +215,16 @@ func (p *Pool) SetLimits(l config.Pool) {
 	p.setCapacityLocked(capacity)
 }
 
+// ServerParams returns the ParameterStatus values a connection of the pool
+// reported when it opened (server_version, encodings, DateStyle…), nil
+// before the first connection. The map must not be modified.
+func (p *Pool) ServerParams() map[string]string {
+	if m := p.params.Load(); m != nil {
+		return *m
+	}
+	return nil
+}
+
 // SetCapacity changes how many connections the pool may open, within
 // [MinConnections, MaxConnections]. Shrinking closes idle connections
 // first; a busy one closes when it is released.
@@ -308,12 +321,13 @@ func (p *Pool) AcquirePreferring(ctx context.Context, settingsKey string) (*Conn
 				continue
 			}
 			p.mu.Unlock()
-			p.noteAcquired(c, start)
+			p.noteAcquired(c, start, time.Now())
 			return c, nil
 		}
 		if p.open < p.capacity {
 			p.open++
 			p.mu.Unlock()
+			began := time.Now()
 			c, err := p.connect(ctx)
 			if err != nil {
 				p.mu.Lock()
@@ -324,7 +338,7 @@ func (p *Pool) AcquirePreferring(ctx context.Context, settingsKey string) (*Conn
 				p.mu.Unlock()
 				return nil, err
 			}
-			p.noteAcquired(c, start)
+			p.noteAcquired(c, start, began)
 			return c, nil
 		}
 		w := &waiter{ch: make(chan *Conn, 1)}
@@ -338,7 +352,7 @@ func (p *Pool) AcquirePreferring(ctx context.Context, settingsKey string) (*Conn
 		select {
 		case c := <-w.ch:
 			if c != nil {
-				p.noteAcquired(c, start)
+				p.noteAcquired(c, start, time.Now())
 				return c, nil
 			}
 			continue // capacity freed: try again
@@ -383,11 +397,13 @@ func (p *Pool) wakeLocked(c *Conn) {
 	w.ch <- c
 }
 
-func (p *Pool) noteAcquired(c *Conn, start time.Time) {
+// noteAcquired records an acquisition that began at start and waited for
+// a connection until waitEnd (opening a new one is not waiting).
+func (p *Pool) noteAcquired(c *Conn, start, waitEnd time.Time) {
 	now := time.Now()
 	c.acquiredAt = now
-	p.waits.add(now.Sub(start))
-	d := int64(now.Sub(start))
+	p.waits.add(waitEnd.Sub(start))
+	d := int64(waitEnd.Sub(start))
 	p.waitNanos.Add(d)
 	for {
 		m := p.maxWaitNanos.Load()
@@ -486,6 +502,13 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 		expiresAt: now.Add(life),
 	}
 	c.health.Store(fullHealth)
+	if p.params.Load() == nil {
+		cp := make(map[string]string, len(params))
+		for k, v := range params {
+			cp[k] = v
+		}
+		p.params.Store(&cp)
+	}
 	p.created.Add(1)
 	p.all.Store(c, struct{}{})
 	return c, nil

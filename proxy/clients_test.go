@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -575,4 +576,32 @@ func TestPsqlMultiStatementAndErrorsBehaveAsDirect(t *testing.T) {
 			assert.Equal(t, wantErr, gotErr, "stderr through kproxy differs from direct")
 		})
 	}
+}
+
+// A login in transaction mode takes no server connection once the pool
+// knows the server's parameters: pgbench -C, which connects in a blocking
+// call while its other clients hold connections mid-transaction, must not
+// wait on itself.
+func TestConnectionPerTransactionDoesNotQueueLoginsBehindBusyTransactions(t *testing.T) {
+	if testing.Short() {
+		t.Skip("load test")
+	}
+	pgbench := pgClient(t, "pgbench")
+	const database = "kproxy_pgbench"
+	ensurePgbenchDatabase(t, database)
+	p := startProxy(t, transactionMode(4))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, errOut, err := runClient(ctx, proxyEnv(p, database, "pgbench"), "", pgbench,
+		"-n", "-b", "tpcb-like", "-C", "-c", "12", "-j", "2", "-T", "3", "-M", "simple")
+	require.NoError(t, err, out+errOut)
+	m := pgbenchFailedRE.FindStringSubmatch(out)
+	require.NotNil(t, m, out)
+	assert.Equal(t, "0", m[1], out)
+	m = pgbenchProcessedRE.FindStringSubmatch(out)
+	require.NotNil(t, m, out)
+	processed, _ := strconv.Atoi(m[1])
+	t.Logf("pgbench -C tpcb-like, 12 clients over 4 server connections: %d transactions", processed)
+	assert.Greater(t, processed, 100)
+	assert.NotContains(t, out+errOut, "aborted")
 }

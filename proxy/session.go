@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -53,8 +54,8 @@ type session struct {
 	connectedAt time.Time
 
 	wmu  sync.Mutex
-	w    clientWriter  // guarded by wmu
-	sent *sentCounter  // guarded by wmu; what w has written to the client
+	w    clientWriter // guarded by wmu
+	sent *sentCounter // guarded by wmu; what w has written to the client
 
 	// Used by the client goroutine only:
 	skipping  bool   // drop messages until Sync, after an error kproxy reported mid-batch
@@ -199,19 +200,43 @@ func (ss *session) login() error {
 		return err
 	}
 	ss.pool = p
-	sc, err := ss.acquire(p)
-	if err != nil {
-		return err
+	// In transaction mode a login needs no server connection once the
+	// pool knows the server's parameters: taking one would make logins
+	// queue behind busy transactions (and clients that open a connection
+	// per transaction wait on each other).
+	var sc *pool.Conn
+	params := p.ServerParams()
+	if params == nil || ss.mode == config.PoolModeSession {
+		if sc, err = ss.acquire(p); err != nil {
+			return err
+		}
+		params = sc.Params()
+	} else {
+		// The server reports the client's own settings, as they would be
+		// after Sync applied them.
+		own := make(map[string]string, len(params))
+		names := make(map[string]string, len(params)) // lower case → as reported
+		for k, v := range params {
+			own[k] = v
+			names[strings.ToLower(k)] = k
+		}
+		for k, v := range ss.settings {
+			if name, reported := names[strings.ToLower(k)]; reported {
+				own[name] = v
+			}
+		}
+		params = own
 	}
 	key, err := ss.srv.register(ss)
 	if err != nil {
-		p.Release(sc)
+		if sc != nil {
+			p.Release(sc)
+		}
 		return err
 	}
 	ss.key = key
 
 	var buf []byte
-	params := sc.Params()
 	names := make([]string, 0, len(params))
 	for k := range params {
 		names = append(names, k)
@@ -223,9 +248,10 @@ func (ss *session) login() error {
 	buf, _ = (&pgproto3.BackendKeyData{ProcessID: key.pid, SecretKey: secretBytes(key.secret)}).Encode(buf)
 	buf = append(buf, pgwire.ReadyForQuery(pgwire.TxIdle)...)
 
-	if ss.mode == config.PoolModeSession {
+	switch {
+	case ss.mode == config.PoolModeSession:
 		ss.attach(sc)
-	} else {
+	case sc != nil:
 		p.Release(sc)
 	}
 	ss.wmu.Lock()
