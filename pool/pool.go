@@ -99,10 +99,10 @@ type Pool struct {
 	workload atomic.Pointer[Workload]
 	// sizing is the adaptive sizer's state; only the cluster's sizer
 	// goroutine uses it.
-	sizing     *sizing
+	sizing *sizing
 	// params are the ParameterStatus values the pool's first connection
 	// reported, for logins that need no connection of their own.
-	params atomic.Pointer[map[string]string]
+	params     atomic.Pointer[map[string]string]
 	lastSizing atomic.Pointer[SizingStats]
 
 	preparedHits      atomic.Int64
