@@ -306,7 +306,7 @@ func (ss *session) dispatchLocked(t byte, msg []byte, flush bool) bool {
 					failed = nil
 				}
 				target.Done(ss.srv.cluster, failed)
-				ss.log.Info("no replica connection; reading on the primary", zap.Error(err))
+				ss.logger().Info("no replica connection; reading on the primary", zap.Error(err))
 				target, err = ss.srv.cluster.Route(ss.database, ss.user, false, 0)
 				if err == nil {
 					sc, err = ss.acquire(target.Pool)
@@ -327,8 +327,9 @@ func (ss *session) dispatchLocked(t byte, msg []byte, flush bool) bool {
 		if err != nil {
 			return ss.attachFailed(t, err)
 		}
-		if ce := ss.log.Check(zap.DebugLevel, "transaction routed"); ce != nil {
-			ce.Write(zap.Bool("read_only", readOnly), zap.Bool("replica", target.Replica()),
+		if ce := ss.srv.log.Check(zap.DebugLevel, "transaction routed"); ce != nil {
+			ce.Write(zap.String("user", ss.user), zap.String("database", ss.database),
+				zap.Bool("read_only", readOnly), zap.Bool("replica", target.Replica()),
 				zap.Stringer("min_lsn", minLSN), zap.Uint32("server_pid", sc.PID()))
 		}
 		ss.attach(sc)
@@ -800,7 +801,7 @@ func (ss *session) relayServer(sc *pool.Conn, done chan struct{}) {
 				ss.target = pool.Target{}
 				ss.mu.Unlock()
 				target.Done(ss.srv.cluster, err)
-				ss.log.Info("server connection lost", zap.Uint32("server_pid", sc.PID()), zap.Error(err))
+				ss.logger().Info("server connection lost", zap.Uint32("server_pid", sc.PID()), zap.Error(err))
 				ss.kill(&Error{Severity: severityFatal, Code: codeConnectionFailure,
 					Message: "server closed the connection unexpectedly", Err: err})
 			}
@@ -1038,7 +1039,7 @@ func (ss *session) checkSession(sc *pool.Conn) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if err != nil || len(sets) != btoi(wrote)+btoi(pins)+btoi(settings) {
-		ss.log.Warn("could not read back session state; keeping the client on its server connection", zap.Error(err))
+		ss.logger().Warn("could not read back session state; keeping the client on its server connection", zap.Error(err))
 		if ss.pin == classify.EffectNone {
 			ss.setPinLocked(classify.EffectSetting)
 		}
@@ -1098,7 +1099,9 @@ func (ss *session) setPinLocked(e classify.Effect) {
 	if e != classify.EffectNone {
 		ss.pinSince = time.Now()
 		ss.srv.stats.pins[e].Add(1)
-		ss.log.Debug("client pinned to its server connection", zap.Stringer("reason", e))
+		if ce := ss.srv.log.Check(zap.DebugLevel, "client pinned to its server connection"); ce != nil {
+			ce.Write(zap.String("user", ss.user), zap.String("database", ss.database), zap.Stringer("reason", e))
+		}
 	}
 }
 
@@ -1114,7 +1117,7 @@ func (ss *session) endPinLocked() {
 // attachFailed reports a failure to get a server connection the way
 // Postgres reports an error at that point of the protocol.
 func (ss *session) attachFailed(t byte, err error) bool {
-	ss.log.Info("no server connection for client", zap.Error(err))
+	ss.logger().Info("no server connection for client", zap.Error(err))
 	buf := encodeError(nil, err)
 	ss.mu.Lock()
 	switch t {

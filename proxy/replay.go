@@ -119,10 +119,10 @@ func (ss *session) replayOnPrimaryLocked(sc *pool.Conn, failed error) {
 	target.Done(ss.srv.cluster, failed)
 	ss.srv.cluster.NoteReplayed(failed != nil)
 	if failed != nil {
-		ss.log.Info("a replica's connection failed before its answer reached the client; running the transaction on the primary",
+		ss.logger().Info("a replica's connection failed before its answer reached the client; running the transaction on the primary",
 			zap.Error(failed))
 	} else {
-		ss.log.Info("a replica refused a transaction as a write; running it on the primary",
+		ss.logger().Info("a replica refused a transaction as a write; running it on the primary",
 			zap.Int("shapes_learned", learned))
 	}
 

@@ -37,7 +37,6 @@ const (
 // goroutine can never detach a connection a message is on its way to.
 type session struct {
 	srv      *Server
-	log      *zap.Logger
 	nc       net.Conn
 	rd       *pgwire.Reader
 	user     string
@@ -121,6 +120,13 @@ type session struct {
 	readOnPrimary bool // guarded by mu
 }
 
+// logger returns the server's logger with the client's user and
+// database. It is built on each call, for rare events: a logger kept per
+// session would cost every idle client memory.
+func (ss *session) logger() *zap.Logger {
+	return ss.srv.log.With(zap.String("user", ss.user), zap.String("database", ss.database))
+}
+
 // newClientReader reads a client's messages, holding no buffer while the
 // client is idle when nc is a plain socket.
 func newClientReader(nc net.Conn, maxBytes int) *pgwire.Reader {
@@ -145,7 +151,6 @@ func (c *sentCounter) Write(b []byte) (int, error) {
 func newSession(srv *Server, cfg *config.Config, st *startup) *session {
 	ss := &session{
 		srv:         srv,
-		log:         srv.log.With(zap.String("user", st.user), zap.String("database", st.database)),
 		nc:          st.nc,
 		rd:          newClientReader(st.nc, cfg.MaxMessageBytes),
 		sent:        &sentCounter{Conn: st.nc},
@@ -346,7 +351,7 @@ func (ss *session) state() ClientStats {
 // fail sends err to the client.
 func (ss *session) fail(err error) {
 	if pe := (*Error)(nil); errors.As(err, &pe) && pe.Err != nil {
-		ss.log.Info("closing client connection", zap.Error(err))
+		ss.logger().Info("closing client connection", zap.Error(err))
 	}
 	_ = ss.writeClient(encodeError(nil, err), true)
 }

@@ -35,7 +35,11 @@ type startup struct {
 }
 
 func (s *Server) handle(nc net.Conn) {
-	defer nc.Close()
+	defer func() {
+		if nc != nil {
+			nc.Close()
+		}
+	}()
 	_ = nc.SetDeadline(time.Now().Add(loginTimeout))
 	st, err := s.readStartup(nc)
 	if err != nil {
@@ -72,7 +76,15 @@ func (s *Server) handle(nc net.Conn) {
 		return
 	}
 	_ = st.nc.SetDeadline(time.Time{})
-	ss.run()
+	// The session runs on a goroutine of its own, so that the stack the
+	// login grew is not kept for the client's whole life: an idle client
+	// should cost little memory.
+	s.wg.Add(1)
+	nc = nil // closed by the session now
+	go func() {
+		defer s.wg.Done()
+		ss.run()
+	}()
 }
 
 func (st *startup) conn(fallback net.Conn) net.Conn {
