@@ -45,7 +45,7 @@ type sizing struct {
 	holds  latencySnap
 	busy   int64
 	demand int             // the size the sizer last wanted, for budget shares
-	alerts map[string]bool // alerts raised, to log each once
+	alerts map[string]time.Time // when each raised alert was last logged
 }
 
 // sample measures the pool over the interval since the previous sample.
@@ -231,23 +231,28 @@ func (c *Cluster) sizePool(p *Pool, now time.Time, budget int) {
 		zap.Strings("reasons", d.Reasons), zap.Int("budget", budget))
 }
 
-// alert logs each alert of p once when it is raised.
+// alertLogEvery is how often an alert that stays raised, or keeps
+// coming back, is logged again.
+const alertLogEvery = time.Minute
+
+// alert logs each alert of p when it is raised, and again at most every
+// alertLogEvery while it stays raised or comes back.
 func (c *Cluster) alert(p *Pool) {
 	if p.sizing == nil {
 		p.sizing = &sizing{last: time.Now()}
 	}
 	if p.sizing.alerts == nil {
-		p.sizing.alerts = map[string]bool{}
+		p.sizing.alerts = map[string]time.Time{}
 	}
-	now := map[string]bool{}
+	now := time.Now()
 	for _, a := range p.Stats().Alerts {
-		now[a.Name] = true
-		if !p.sizing.alerts[a.Name] {
-			p.log.Warn("pool alert", zap.String("alert", a.Name), zap.String("detail", a.Detail),
-				zap.String("recommendation", a.Recommendation))
+		if last, ok := p.sizing.alerts[a.Name]; ok && now.Sub(last) < alertLogEvery {
+			continue
 		}
+		p.sizing.alerts[a.Name] = now
+		p.log.Warn("pool alert", zap.String("alert", a.Name), zap.String("detail", a.Detail),
+			zap.String("recommendation", a.Recommendation))
 	}
-	p.sizing.alerts = now
 }
 
 // budget returns how many connections kproxy may hold on the backend at
