@@ -4,13 +4,30 @@ import (
 	"bufio"
 	"io"
 	"net"
-	"sync"
 	"syscall"
 )
 
-// writerPool holds the write buffers of clients that have nothing waiting
-// to be sent.
-var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, clientWriteBufBytes) }}
+// freeWriters holds the write buffers of clients that have nothing
+// waiting to be sent: a bounded free list, which unlike a sync.Pool
+// survives garbage collections.
+var freeWriters = make(chan *bufio.Writer, 128)
+
+func getWriter() *bufio.Writer {
+	select {
+	case w := <-freeWriters:
+		return w
+	default:
+		return bufio.NewWriterSize(nil, clientWriteBufBytes)
+	}
+}
+
+func putWriter(w *bufio.Writer) {
+	w.Reset(nil)
+	select {
+	case freeWriters <- w:
+	default:
+	}
+}
 
 // clientWriter buffers what goes to a client. It takes a buffer from
 // writerPool for the first write and gives it back once a Flush has sent
@@ -22,7 +39,7 @@ type clientWriter struct {
 
 func (c *clientWriter) Write(b []byte) (int, error) {
 	if c.w == nil {
-		c.w = writerPool.Get().(*bufio.Writer)
+		c.w = getWriter()
 		c.w.Reset(c.dst)
 	}
 	return c.w.Write(b)
@@ -36,8 +53,7 @@ func (c *clientWriter) Flush() error {
 	if err := c.w.Flush(); err != nil {
 		return err
 	}
-	c.w.Reset(nil)
-	writerPool.Put(c.w)
+	putWriter(c.w)
 	c.w = nil
 	return nil
 }
@@ -45,8 +61,7 @@ func (c *clientWriter) Flush() error {
 // Discard drops what is buffered and not yet sent.
 func (c *clientWriter) Discard() {
 	if c.w != nil {
-		c.w.Reset(nil)
-		writerPool.Put(c.w)
+		putWriter(c.w)
 		c.w = nil
 	}
 }

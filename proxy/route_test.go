@@ -318,6 +318,7 @@ func TestAWriteAReplicaRefusesIsReplayedOnThePrimaryAndItsShapeRemembered(t *tes
 	ctx := context.Background()
 	admin := connect(t, directDSN(pgtest.Superuser, "postgres", ""), pgx.QueryExecModeExec)
 	_, err := admin.Exec(ctx, `CREATE TABLE IF NOT EXISTS replay_log (n int, mode text);
+TRUNCATE replay_log;
 CREATE OR REPLACE FUNCTION replay_touch(n int, mode text) RETURNS int LANGUAGE sql VOLATILE
   AS 'INSERT INTO replay_log VALUES (n, mode) RETURNING n'`)
 	require.NoError(t, err)
@@ -395,7 +396,7 @@ func pipelineInRecovery(t *testing.T, conn *pgx.Conn, stmts []string, syncAfter 
 func TestAPipelinedWriteBehindAReadGoesToThePrimary(t *testing.T) {
 	ctx := context.Background()
 	admin := connect(t, directDSN(pgtest.Superuser, "postgres", ""), pgx.QueryExecModeExec)
-	_, err := admin.Exec(ctx, `CREATE TABLE IF NOT EXISTS pipeline_log (n int)`)
+	_, err := admin.Exec(ctx, `CREATE TABLE IF NOT EXISTS pipeline_log (n int); TRUNCATE pipeline_log`)
 	require.NoError(t, err)
 	require.NoError(t, pgtest.Get().WaitReplicaCaughtUp(ctx))
 	p := startProxy(t, withReplica(4))

@@ -56,18 +56,36 @@ type Reader struct {
 	max  int
 }
 
-// bufPools holds idle readers' buffers, by size.
-var bufPools sync.Map // int → *sync.Pool of *[]byte
+// bufPools holds idle readers' buffers, by size: a bounded free list,
+// which unlike a sync.Pool is not emptied by every garbage collection
+// (a busy proxy would otherwise allocate a fresh buffer after each one).
+var bufPools sync.Map // int → chan []byte
 
-func bufPool(size int) *sync.Pool {
+// freeBuffers bounds each free list.
+const freeBuffers = 128
+
+func freeList(size int) chan []byte {
 	if p, ok := bufPools.Load(size); ok {
-		return p.(*sync.Pool)
+		return p.(chan []byte)
 	}
-	p, _ := bufPools.LoadOrStore(size, &sync.Pool{New: func() any {
-		b := make([]byte, size)
-		return &b
-	}})
-	return p.(*sync.Pool)
+	p, _ := bufPools.LoadOrStore(size, make(chan []byte, freeBuffers))
+	return p.(chan []byte)
+}
+
+func getBuf(size int) []byte {
+	select {
+	case b := <-freeList(size):
+		return b
+	default:
+		return make([]byte, size)
+	}
+}
+
+func putBuf(b []byte) {
+	select {
+	case freeList(cap(b)) <- b[:cap(b)]:
+	default: // enough spare buffers already
+	}
 }
 
 // NewReader returns a Reader over r with a read buffer of bufBytes that
@@ -87,8 +105,7 @@ func NewIdleReader(r io.Reader, raw syscall.RawConn, bufBytes, maxBytes int) *Re
 // release gives an idle reader's buffers back.
 func (r *Reader) release() {
 	if r.b != nil {
-		b := r.b[:cap(r.b)]
-		bufPool(r.size).Put(&b)
+		putBuf(r.b)
 		r.b = nil
 	}
 	r.r, r.w = 0, 0
@@ -97,7 +114,7 @@ func (r *Reader) release() {
 
 func (r *Reader) take() {
 	if r.b == nil {
-		r.b = *bufPool(r.size).Get().(*[]byte)
+		r.b = getBuf(r.size)
 	}
 }
 
@@ -164,8 +181,10 @@ func (r *Reader) fill(need int) error {
 // Next reads one frame and returns its type byte and the whole frame (type,
 // length, body). The frame is only valid until the next call to Next.
 func (r *Reader) Next() (byte, []byte, error) {
-	if r.raw != nil && r.r == r.w {
-		r.release()
+	if r.r == r.w {
+		// Empty: start over at the front. An idle reader gives its
+		// buffer back only once a read finds nothing to read.
+		r.r, r.w = 0, 0
 	}
 	if err := r.fill(headerBytes); err != nil {
 		if r.w > r.r {
