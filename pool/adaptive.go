@@ -44,7 +44,7 @@ type sizing struct {
 	waits  latencySnap
 	holds  latencySnap
 	busy   int64
-	demand int             // the size the sizer last wanted, for budget shares
+	demand int                  // the size the sizer last wanted, for budget shares
 	alerts map[string]time.Time // when each raised alert was last logged
 }
 
