@@ -323,6 +323,11 @@ CREATE OR REPLACE FUNCTION replay_touch(n int, mode text) RETURNS int LANGUAGE s
   AS 'INSERT INTO replay_log VALUES (n, mode) RETURNING n'`)
 	require.NoError(t, err)
 	require.NoError(t, pgtest.Get().WaitReplicaCaughtUp(ctx))
+	replica := connect(t, pgtest.Get().DSN(pgtest.Get().ReplicaAddr, "postgres", pgtest.Superuser), pgx.QueryExecModeExec)
+	require.Eventually(t, func() bool {
+		var ok bool
+		return replica.QueryRow(ctx, "SELECT to_regprocedure('replay_touch(int,text)') IS NOT NULL").Scan(&ok) == nil && ok
+	}, 10*time.Second, 20*time.Millisecond, "the function reaches the replica")
 
 	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement, pgx.QueryExecModeExec} {
 		t.Run(mode.String(), func(t *testing.T) {
