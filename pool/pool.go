@@ -321,7 +321,7 @@ func (p *Pool) AcquirePreferring(ctx context.Context, settingsKey string) (*Conn
 				continue
 			}
 			p.mu.Unlock()
-			p.noteAcquired(c, start, time.Now())
+			p.noteAcquired(c, start, now, now)
 			return c, nil
 		}
 		if p.open < p.capacity {
@@ -338,7 +338,7 @@ func (p *Pool) AcquirePreferring(ctx context.Context, settingsKey string) (*Conn
 				p.mu.Unlock()
 				return nil, err
 			}
-			p.noteAcquired(c, start, began)
+			p.noteAcquired(c, start, began, time.Now())
 			return c, nil
 		}
 		w := &waiter{ch: make(chan *Conn, 1)}
@@ -352,7 +352,8 @@ func (p *Pool) AcquirePreferring(ctx context.Context, settingsKey string) (*Conn
 		select {
 		case c := <-w.ch:
 			if c != nil {
-				p.noteAcquired(c, start, time.Now())
+				now := time.Now()
+				p.noteAcquired(c, start, now, now)
 				return c, nil
 			}
 			continue // capacity freed: try again
@@ -397,10 +398,10 @@ func (p *Pool) wakeLocked(c *Conn) {
 	w.ch <- c
 }
 
-// noteAcquired records an acquisition that began at start and waited for
-// a connection until waitEnd (opening a new one is not waiting).
-func (p *Pool) noteAcquired(c *Conn, start, waitEnd time.Time) {
-	now := time.Now()
+// noteAcquired records an acquisition that began at start, waited for a
+// connection until waitEnd (opening a new one is not waiting) and handed
+// c over at now.
+func (p *Pool) noteAcquired(c *Conn, start, waitEnd, now time.Time) {
 	c.acquiredAt = now
 	p.waits.add(waitEnd.Sub(start))
 	d := int64(waitEnd.Sub(start))

@@ -261,28 +261,24 @@ func (s *Server) poolRows(cfg *config.Config) []consoleRow {
 			attached[consolePoolKey{cs.Database, cs.User}]++
 		}
 	}
-	agg := map[consolePoolKey]*consoleRow{}
+	type sums struct {
+		waiting, active, idle int
+		maxWait               time.Duration
+	}
+	agg := map[consolePoolKey]*sums{}
 	var keys []consolePoolKey
 	for _, p := range s.cluster.Stats() {
 		k := consolePoolKey{p.Database, p.User}
-		r := agg[k]
-		if r == nil {
-			row := consoleRow{"database": p.Database, "user": p.User, "pool_mode": string(cfg.PoolFor(p.Database, p.User).Mode)}
-			r = &row
-			agg[k] = r
+		a := agg[k]
+		if a == nil {
+			a = &sums{}
+			agg[k] = a
 			keys = append(keys, k)
 		}
-		add := func(col string, n int64) {
-			old, _ := strconv.ParseInt((*r)[col], 10, 64)
-			(*r)[col] = strconv.FormatInt(old+n, 10)
-		}
-		add("cl_waiting", int64(p.Waiting))
-		add("sv_active", int64(p.Active))
-		add("sv_idle", int64(p.Idle))
-		wait := p.MaxAcquireWait
-		if old, _ := strconv.ParseInt((*r)["maxwait_total_us"], 10, 64); wait.Microseconds() > old {
-			(*r)["maxwait_total_us"] = itoa(wait.Microseconds())
-		}
+		a.waiting += p.Waiting
+		a.active += p.Active
+		a.idle += p.Idle
+		a.maxWait = max(a.maxWait, p.MaxAcquireWait)
 	}
 	sort.Slice(keys, func(i, j int) bool {
 		if keys[i].database != keys[j].database {
@@ -292,13 +288,11 @@ func (s *Server) poolRows(cfg *config.Config) []consoleRow {
 	})
 	rows := make([]consoleRow, 0, len(keys))
 	for _, k := range keys {
-		r := *agg[k]
-		r["cl_active"] = itoa(attached[k])
-		us, _ := strconv.ParseInt(r["maxwait_total_us"], 10, 64)
-		delete(r, "maxwait_total_us")
-		r["maxwait"] = itoa(us / 1e6)
-		r["maxwait_us"] = itoa(us % 1e6)
-		rows = append(rows, r)
+		a, us := agg[k], agg[k].maxWait.Microseconds()
+		rows = append(rows, consoleRow{"database": k.database, "user": k.user,
+			"pool_mode": string(cfg.PoolFor(k.database, k.user).Mode), "cl_active": itoa(attached[k]),
+			"cl_waiting": itoa(a.waiting), "sv_active": itoa(a.active), "sv_idle": itoa(a.idle),
+			"maxwait": itoa(us / 1e6), "maxwait_us": itoa(us % 1e6)})
 	}
 	return rows
 }

@@ -229,19 +229,28 @@ func (ss *session) flushServerLocked() bool {
 	sc := ss.server
 	ss.writing = true
 	ss.mu.Unlock()
-	err := sc.Flush()
+	if !ss.endWrite(sc.Flush()) {
+		return false
+	}
+	ss.mu.Lock()
+	return true
+}
+
+// endWrite ends a write to the server connection that began with writing
+// set, and reports whether the session goes on. The answer may have come
+// back, and the connection been detached, before the write returned; the
+// release then waited for it. mu must not be held.
+func (ss *session) endWrite(err error) bool {
 	ss.mu.Lock()
 	ss.writing = false
 	ss.changed.Broadcast()
 	rel := ss.releaseAfterWrite
 	ss.releaseAfterWrite = nil
+	ss.mu.Unlock()
 	if rel != nil {
-		ss.mu.Unlock()
 		rel.Release()
-		ss.mu.Lock()
 	}
 	if err != nil {
-		ss.mu.Unlock()
 		ss.fail(&Error{Severity: severityFatal, Code: codeConnectionFailure, Message: "lost connection to the server", Err: err})
 		return false
 	}
@@ -333,9 +342,12 @@ func (ss *session) dispatchLocked(t byte, msg []byte, flush bool) bool {
 				zap.Stringer("min_lsn", minLSN), zap.Uint32("server_pid", sc.PID()))
 		}
 		ss.attach(sc)
-		ss.wmu.Lock()
-		sent := ss.sent.n
-		ss.wmu.Unlock()
+		var sent int64
+		if target.Replica() { // only a replica's transaction may be replayed
+			ss.wmu.Lock()
+			sent = ss.sent.n
+			ss.wmu.Unlock()
+		}
 		ss.mu.Lock()
 		ss.target = target
 		// A transaction replayed on the primary is there because it writes.
@@ -388,23 +400,7 @@ func (ss *session) dispatchLocked(t byte, msg []byte, flush bool) bool {
 		err = sc.Flush()
 	}
 	ss.toServer, ss.toClient = toServer[:0], toClient[:0]
-
-	// The answer may have come back, and the connection been detached,
-	// before Flush returned; the release then waited for us.
-	ss.mu.Lock()
-	ss.writing = false
-	ss.changed.Broadcast()
-	rel := ss.releaseAfterWrite
-	ss.releaseAfterWrite = nil
-	ss.mu.Unlock()
-	if rel != nil {
-		rel.Release()
-	}
-	if err != nil {
-		ss.fail(&Error{Severity: severityFatal, Code: codeConnectionFailure, Message: "lost connection to the server", Err: err})
-		return false
-	}
-	return cerr == nil
+	return ss.endWrite(err) && cerr == nil
 }
 
 // answerLocallyLocked answers, without a server connection, a client's

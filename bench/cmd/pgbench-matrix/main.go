@@ -19,13 +19,11 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/kproxy/kproxy/bench/internal/rig"
@@ -88,19 +86,7 @@ type options struct {
 	connect     []bool
 }
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	err := run(ctx, os.Args, os.Stdout, os.Stderr)
-	switch {
-	case err == nil:
-	case errors.Is(err, flag.ErrHelp):
-		os.Exit(0)
-	default:
-		fmt.Fprintf(os.Stderr, "pgbench-matrix: %v\n", err)
-		os.Exit(1)
-	}
-}
+func main() { rig.Main("pgbench-matrix", run) }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs := flag.NewFlagSet("pgbench-matrix", flag.ContinueOnError)
