@@ -119,6 +119,11 @@ func (ss *session) awaitAnswers() {
 		ss.changed.Wait()
 	}
 	ss.mu.Unlock()
+	// The server goroutine takes wmu before it lets go of mu, so an answer
+	// whose reply has left the queue is being written now: let it finish
+	// before the connection closes.
+	ss.wmu.Lock()
+	ss.wmu.Unlock() //nolint:staticcheck // an empty critical section waits for the writer
 }
 
 // serverGoneLocked reports whether the server goroutine has stopped (the
