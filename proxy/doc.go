@@ -40,6 +40,16 @@
 // while that state exists. The client goroutine waits while the read-back
 // runs, so nothing else is on the connection meanwhile.
 //
+// # Idle clients
+//
+// A client that has sent nothing for 0.5 to 1 s is parked (park.go): its
+// goroutine hands the socket to one epoll instance (internal/netpark) and
+// returns, so an idle client costs its session's heap objects and no
+// stack. Its next message wakes it on a fresh goroutine. TLS clients keep
+// their goroutine. A server connection attached meanwhile (session mode, an
+// open transaction) keeps its own goroutine, which does not depend on the
+// client's.
+//
 // # Routing
 //
 // In transaction mode with replicas configured, the first message of each

@@ -70,12 +70,27 @@ func extended(msg byte) bool {
 	return msg == 'P' || msg == 'B' || msg == 'D' || msg == 'E' || msg == 'C'
 }
 
+// serve runs the client goroutine until the client leaves or the session
+// parks.
+func (ss *session) serve() {
+	if !ss.run() {
+		ss.close()
+	}
+}
+
 // run is the client goroutine: it reads client messages until the client
-// leaves, then gives the server connection back.
-func (ss *session) run() {
-	defer ss.close()
+// leaves, or it is idle and parks (then it reports true and the session
+// must not be touched). A client that leaves is the caller's to close.
+func (ss *session) run() (parked bool) {
 	for {
+		waiting := ss.startWait()
 		t, msg, err := ss.rd.Next()
+		if waiting && ss.endWait(err) {
+			if ss.parkNow() {
+				return true
+			}
+			continue
+		}
 		if err != nil {
 			if errors.Is(err, pgwire.ErrTooLarge) || errors.Is(err, pgwire.ErrMalformed) {
 				ss.fail(err)
@@ -85,18 +100,18 @@ func (ss *session) run() {
 				// it sent, as from Postgres.
 				ss.awaitAnswers()
 			}
-			return
+			return false
 		}
 		switch t {
 		case 'X':
-			return
+			return false
 		case 'Q', 'P', 'B', 'E', 'D', 'C', 'H', 'S', 'F', 'd', 'c', 'f':
 			if !ss.handle(t, msg) {
-				return
+				return false
 			}
 		default:
 			ss.fail(fatalf(codeProtocolViolation, "invalid frontend message type %d", t))
-			return
+			return false
 		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/kproxy/kproxy/classify"
 
 	"github.com/kproxy/kproxy/config"
+	"github.com/kproxy/kproxy/internal/netpark"
 	"github.com/kproxy/kproxy/pool"
 )
 
@@ -53,6 +54,13 @@ type Server struct {
 	draining  bool                      // guarded by mu
 	idle      chan struct{}             // guarded by mu; closed when draining and no sessions are left
 	wg        sync.WaitGroup
+
+	// parker holds idle clients' sockets (see park.go); nil when epoll is
+	// not available. The sweeper counts parkTick.
+	parker    *netpark.Parker
+	parkTick  atomic.Int64
+	stopSweep chan struct{}
+	sweepDone chan struct{}
 }
 
 // classifierCacheSize bounds the statement shapes whose classification is
@@ -68,6 +76,7 @@ type counters struct {
 	accepted     atomic.Int64
 	loginsFailed atomic.Int64
 	cancels      atomic.Int64
+	parks        atomic.Int64
 	pins         [classify.NumEffects]atomic.Int64 // pins started, by reason
 	pinNanos     [classify.NumEffects]atomic.Int64 // time spent pinned (ended pins), by reason
 }
@@ -97,6 +106,15 @@ func New(cfg *config.Config, cluster *pool.Cluster, log *zap.Logger) (*Server, e
 		go s.refreshFunctions()
 	} else {
 		close(s.refreshDone)
+	}
+	s.stopSweep = make(chan struct{})
+	s.sweepDone = make(chan struct{})
+	if p, err := netpark.New(); err != nil {
+		log.Warn("idle clients keep their goroutines", zap.Error(err))
+		close(s.sweepDone)
+	} else {
+		s.parker = p
+		go s.sweepIdle(s.stopSweep, s.sweepDone)
 	}
 	return s, nil
 }
@@ -234,8 +252,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-s.stopRefresh:
 	default:
 		close(s.stopRefresh)
+		close(s.stopSweep)
 	}
 	<-s.refreshDone
+	<-s.sweepDone
 	var err error
 	select {
 	case <-idle:
@@ -248,6 +268,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.mu.Unlock()
 	}
 	s.wg.Wait()
+	if s.parker != nil {
+		_ = s.parker.Close()
+	}
 	return err
 }
 
@@ -310,18 +333,22 @@ func (s *Server) cancel(k cancelKey) {
 
 // Stats is a snapshot of the server's clients and counters.
 type Stats struct {
-	Clients          int                 `json:"clients"`
-	ClientsAttached  int                 `json:"clients_attached"`
-	Accepted         int64               `json:"connections_accepted"`
-	LoginsFailed     int64               `json:"logins_failed"`
-	CancelsForwarded int64               `json:"cancel_requests"`
-	PinnedClients    map[string]int      `json:"pinned_clients"`
-	PinsTotal        map[string]int64    `json:"pins_total"`
-	PinSeconds       map[string]float64  `json:"pin_seconds_total"`
-	Pools            []pool.Stats        `json:"pools"`
-	ClientList       []ClientStats       `json:"client_list"`
-	Routing          pool.RoutingStats   `json:"routing"`
-	Classifier       classify.CacheStats `json:"classifier"`
+	Clients          int   `json:"clients"`
+	ClientsAttached  int   `json:"clients_attached"`
+	Accepted         int64 `json:"connections_accepted"`
+	LoginsFailed     int64 `json:"logins_failed"`
+	CancelsForwarded int64 `json:"cancel_requests"`
+	// ClientsParked counts the idle clients whose sockets wait without a
+	// goroutine; Parks counts how often a client was parked.
+	ClientsParked int                 `json:"clients_parked"`
+	Parks         int64               `json:"parks_total"`
+	PinnedClients map[string]int      `json:"pinned_clients"`
+	PinsTotal     map[string]int64    `json:"pins_total"`
+	PinSeconds    map[string]float64  `json:"pin_seconds_total"`
+	Pools         []pool.Stats        `json:"pools"`
+	ClientList    []ClientStats       `json:"client_list"`
+	Routing       pool.RoutingStats   `json:"routing"`
+	Classifier    classify.CacheStats `json:"classifier"`
 }
 
 // ClientStats describes one logged-in client.
@@ -347,6 +374,7 @@ func (s *Server) Stats() Stats {
 		Accepted:         s.stats.accepted.Load(),
 		LoginsFailed:     s.stats.loginsFailed.Load(),
 		CancelsForwarded: s.stats.cancels.Load(),
+		Parks:            s.stats.parks.Load(),
 		PinnedClients:    map[string]int{},
 		PinsTotal:        map[string]int64{},
 		PinSeconds:       map[string]float64{},
@@ -361,6 +389,9 @@ func (s *Server) Stats() Stats {
 	}
 	s.mu.Unlock()
 	st.Clients = len(sessions)
+	if s.parker != nil {
+		st.ClientsParked = s.parker.Len()
+	}
 	for _, ss := range sessions {
 		cs := ss.state()
 		if cs.ServerPID != 0 {

@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/kproxy/kproxy/classify"
 	"github.com/kproxy/kproxy/config"
+	"github.com/kproxy/kproxy/internal/netpark"
 	"github.com/kproxy/kproxy/internal/pgwire"
 	"github.com/kproxy/kproxy/pool"
 )
@@ -38,6 +41,7 @@ const (
 type session struct {
 	srv      *Server
 	nc       net.Conn
+	raw      syscall.RawConn // nc's socket when it is a plain one: only those park
 	rd       *pgwire.Reader
 	user     string
 	database string
@@ -118,6 +122,14 @@ type session struct {
 	// readOnPrimary is set while a read whose replica failed runs again on
 	// the primary.
 	readOnPrimary bool // guarded by mu
+
+	// Parking (park.go): park is the client goroutine's state, waitTick
+	// the sweep when its current wait began, parkID the socket's name in
+	// the Parker while parked.
+	park     atomic.Int32
+	waitTick atomic.Int64
+	parkMu   sync.Mutex
+	parkID   netpark.ID // guarded by parkMu
 }
 
 // logger returns the server's logger with the client's user and
@@ -128,9 +140,9 @@ func (ss *session) logger() *zap.Logger {
 }
 
 // newClientReader reads a client's messages, holding no buffer while the
-// client is idle when nc is a plain socket.
-func newClientReader(nc net.Conn, maxBytes int) *pgwire.Reader {
-	if raw := rawConn(nc); raw != nil {
+// client is idle when raw (nc's socket) is not nil.
+func newClientReader(nc net.Conn, raw syscall.RawConn, maxBytes int) *pgwire.Reader {
+	if raw != nil {
 		return pgwire.NewIdleReader(nc, raw, clientReadBufBytes, maxBytes)
 	}
 	return pgwire.NewReader(nc, clientReadBufBytes, maxBytes)
@@ -149,10 +161,12 @@ func (c *sentCounter) Write(b []byte) (int, error) {
 }
 
 func newSession(srv *Server, cfg *config.Config, st *startup) *session {
+	raw := rawConn(st.nc)
 	ss := &session{
 		srv:         srv,
 		nc:          st.nc,
-		rd:          newClientReader(st.nc, cfg.MaxMessageBytes),
+		raw:         raw,
+		rd:          newClientReader(st.nc, raw, cfg.MaxMessageBytes),
 		sent:        &sentCounter{Conn: st.nc},
 		user:        st.user,
 		database:    st.database,
@@ -363,6 +377,7 @@ func (ss *session) kill(err error) {
 }
 
 func (ss *session) closeConn() {
+	ss.unpark()
 	_ = ss.nc.Close()
 }
 

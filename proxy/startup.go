@@ -83,7 +83,7 @@ func (s *Server) handle(nc net.Conn) {
 	nc = nil // closed by the session now
 	go func() {
 		defer s.wg.Done()
-		ss.run()
+		ss.serve()
 	}()
 }
 

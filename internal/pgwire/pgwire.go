@@ -54,6 +54,10 @@ type Reader struct {
 	r, w int    // b[r:w] is read but not yet handed out
 	big  []byte // frames larger than the read buffer are copied here
 	max  int
+	// pendType and pendTotal describe a large frame whose reading an error
+	// interrupted; big holds its first bytes.
+	pendType  byte
+	pendTotal int
 }
 
 // bufPools holds idle readers' buffers, by size: a bounded free list,
@@ -181,6 +185,12 @@ func (r *Reader) fill(need int) error {
 // Next reads one frame and returns its type byte and the whole frame (type,
 // length, body). The frame is only valid until the next call to Next.
 func (r *Reader) Next() (byte, []byte, error) {
+	if r.pendTotal > 0 {
+		// A large frame a read error (a deadline) interrupted: go on.
+		t, total := r.pendType, r.pendTotal
+		r.pendTotal = 0
+		return r.readLarge(t, total, r.big)
+	}
 	if r.r == r.w {
 		// Empty: start over at the front. An idle reader gives its
 		// buffer back only once a read finds nothing to read.
@@ -220,6 +230,13 @@ func (r *Reader) Next() (byte, []byte, error) {
 	// declares.
 	buf = append(buf, r.b[r.r:r.w]...)
 	r.r, r.w = 0, 0
+	return r.readLarge(t, total, buf)
+}
+
+// readLarge reads the rest of a frame of total bytes that does not fit the
+// read buffer into buf, which holds its first bytes. After a read error the
+// bytes so far are kept, and the next call to Next goes on from there.
+func (r *Reader) readLarge(t byte, total int, buf []byte) (byte, []byte, error) {
 	for len(buf) < total {
 		if len(buf) == cap(buf) {
 			buf = append(buf[:cap(buf)], make([]byte, min(cap(buf), total-cap(buf)))...)[:len(buf)]
@@ -227,7 +244,8 @@ func (r *Reader) Next() (byte, []byte, error) {
 		got, err := io.ReadFull(r.src, buf[len(buf):min(cap(buf), total)])
 		buf = buf[:len(buf)+got]
 		if err != nil {
-			r.big = buf[:0]
+			r.big = buf
+			r.pendType, r.pendTotal = t, total
 			return 0, nil, &PartialError{Err: noEOF(err)}
 		}
 	}
@@ -238,6 +256,9 @@ func (r *Reader) Next() (byte, []byte, error) {
 	}
 	return t, buf, nil
 }
+
+// Idle reports whether nothing of a next frame has been read yet.
+func (r *Reader) Idle() bool { return r.r == r.w && r.pendTotal == 0 }
 
 // Buffered reports how many bytes can be read without blocking.
 func (r *Reader) Buffered() int { return r.w - r.r }

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os"
 	"runtime"
 	"strings"
 	"testing"
@@ -265,4 +267,43 @@ func TestAnIdleReaderReadsFramesFromASocketAndHoldsNoBufferBetweenThem(t *testin
 	assert.Equal(t, big, f)
 	_, _, err = r.Next()
 	assert.ErrorIs(t, err, io.EOF)
+}
+
+func TestReaderGoesOnWithAFrameAfterAReadDeadlineInterruptedIt(t *testing.T) {
+	for _, size := range []int{100, 20000} { // fits the buffer; does not
+		t.Run(fmt.Sprintf("%d bytes", size), func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			require.NoError(t, err)
+			defer ln.Close()
+			c, err := net.Dial("tcp", ln.Addr().String())
+			require.NoError(t, err)
+			defer c.Close()
+			s, err := ln.Accept()
+			require.NoError(t, err)
+			defer s.Close()
+			raw, err := s.(*net.TCPConn).SyscallConn()
+			require.NoError(t, err)
+			rd := pgwire.NewIdleReader(s, raw, 8192, 1<<20)
+
+			frame := make([]byte, size)
+			frame[0] = 'Q'
+			binary.BigEndian.PutUint32(frame[1:], uint32(size-1))
+			for i := 5; i < size; i++ {
+				frame[i] = byte('a' + i%26)
+			}
+			cut := size / 2
+			_, err = c.Write(frame[:cut])
+			require.NoError(t, err)
+			require.NoError(t, s.SetReadDeadline(time.Now().Add(50*time.Millisecond)))
+			_, _, err = rd.Next()
+			require.ErrorIs(t, err, os.ErrDeadlineExceeded)
+			require.NoError(t, s.SetReadDeadline(time.Time{}))
+			_, err = c.Write(frame[cut:])
+			require.NoError(t, err)
+			typ, got, err := rd.Next()
+			require.NoError(t, err)
+			require.Equal(t, byte('Q'), typ)
+			require.Equal(t, frame, got)
+		})
+	}
 }
