@@ -22,7 +22,7 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Run(m)) }
 
-func newPool(t *testing.T, edit func(*config.Pool)) *pool.Pool {
+func newPool(t testing.TB, edit func(*config.Pool)) *pool.Pool {
 	t.Helper()
 	host, port, err := net.SplitHostPort(pgtest.Get().PrimaryAddr)
 	require.NoError(t, err)
