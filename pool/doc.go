@@ -22,6 +22,27 @@
 // idle connections every health_check_period. SetLimits changes the sizes at
 // run time.
 //
+// # Cluster and routing
+//
+// A Cluster holds the pools of the primary and each replica. Route picks
+// where a transaction runs: a read goes to a healthy replica that has
+// replayed the caller's last write (power of two choices on in-flight
+// transactions and latency), everything else to the primary. A monitor
+// measures each replica's health, replay position and lag, and ejects and
+// readmits replicas. The adaptive sizer shares each backend's connection
+// budget among its pools by demand (adaptive.go, sizer.go), and the
+// workload tracker learns statement patterns (workload.go).
+//
+// # In-process clients
+//
+// A DB runs statements for Go code in the same process (the workflow
+// runtime, library mode) through the same classifier, router, pools and
+// server statements as network clients, with no socket in between: a
+// Session keeps read-your-writes like one client connection, and Tx runs a
+// transaction on one primary connection. Server statements are named by
+// StatementName, as the proxy names its clients' statements, so both share
+// the statements prepared on a connection.
+//
 // # Concurrency
 //
 // Pool and Cluster are safe for concurrent use; their locks guard the idle
@@ -31,6 +52,6 @@
 //
 // # What it does not do
 //
-// It never speaks to clients, and it does not decide which statements go
-// where beyond the primary pool (routing to replicas comes with the router).
+// It never speaks to network clients: package proxy does, using Route and
+// the pools.
 package pool

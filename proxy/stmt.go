@@ -2,9 +2,9 @@ package proxy
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
+
+	"github.com/kproxy/kproxy/pool"
 )
 
 // clientStmt is a client's named prepared statement in transaction mode. Its
@@ -16,20 +16,13 @@ type clientStmt struct {
 	readOnly bool   // may run on a replica
 }
 
-// serverStmtPrefix marks statements kproxy prepares on server connections.
-const serverStmtPrefix = "kp_"
-
 // newClientStmt builds the server statement for a client's Parse of query
 // with paramTypes (the raw count and OIDs). The search_path the client has
 // is part of the name: it decides which tables the statement refers to.
+// The name is pool.StatementName's, which in-process clients use too, so
+// both share the statements prepared on a server connection.
 func newClientStmt(query []byte, paramTypes []byte, searchPath string) *clientStmt {
-	h := sha256.New()
-	h.Write(query)
-	h.Write([]byte{0})
-	h.Write(paramTypes)
-	h.Write([]byte(searchPath))
-	sum := h.Sum(nil)
-	name := serverStmtPrefix + hex.EncodeToString(sum[:16])
+	name := pool.StatementName(string(query), paramTypes, searchPath)
 	return &clientStmt{server: name, parse: parseFrame(name, query, paramTypes)}
 }
 
