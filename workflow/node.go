@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"iter"
 	"math"
+	"sync"
 )
 
 // Node is one step of a workflow. Run receives the node's bound inputs and
@@ -73,6 +74,9 @@ type Inputs struct {
 type runInfo struct {
 	id     string
 	params map[string]any
+
+	mu     sync.Mutex
+	scoped map[any]any // guarded by mu; see Inputs.Scoped
 }
 
 // absent is the value of an input that has none: its upstream node was
@@ -153,6 +157,30 @@ func (in Inputs) Params() map[string]any {
 
 // Node returns the ID of the node being called, or "" outside a workflow.
 func (in Inputs) Node() string { return in.node }
+
+// Scoped returns the value the run holds under key, made by create the
+// first time a node of the run asks: state that lives for one run and is
+// shared by its nodes (and map items), such as the database session that
+// gives a run read-your-writes. Outside a workflow it returns a fresh
+// create(). Safe for concurrent use; create runs under a lock, so it must
+// be quick.
+func (in Inputs) Scoped(key any, create func() any) any {
+	if in.run == nil {
+		return create()
+	}
+	r := in.run
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	v, ok := r.scoped[key]
+	if !ok {
+		if r.scoped == nil {
+			r.scoped = map[any]any{}
+		}
+		v = create()
+		r.scoped[key] = v
+	}
+	return v
+}
 
 // RunID returns the ID of the run, or "" outside a workflow.
 func (in Inputs) RunID() string {
