@@ -34,11 +34,12 @@ type Cluster struct {
 	routeNanos     atomic.Int64
 	routeDecisions atomic.Int64
 
-	mu      sync.Mutex
-	cfg     *config.Config    // guarded by mu
-	pools   map[poolKey]*Pool // guarded by mu
-	closed  bool              // guarded by mu
-	budgets map[string]int    // guarded by mu; each backend's max_connections less its superuser reserve
+	mu          sync.Mutex
+	cfg         *config.Config    // guarded by mu
+	primaryAddr string            // guarded by mu; cfg.Primary.Addr()
+	pools       map[poolKey]*Pool // guarded by mu
+	closed      bool              // guarded by mu
+	budgets     map[string]int    // guarded by mu; each backend's max_connections less its superuser reserve
 
 	sizeStop, sizeDone chan struct{}
 }
@@ -49,7 +50,7 @@ type Cluster struct {
 // With replicas configured, NewCluster measures them once before returning
 // and then every routing.check_period until Close.
 func NewCluster(cfg *config.Config, log *zap.Logger) *Cluster {
-	c := &Cluster{log: log, cfg: cfg, pools: map[poolKey]*Pool{}, budgets: map[string]int{},
+	c := &Cluster{log: log, cfg: cfg, primaryAddr: cfg.Primary.Addr(), pools: map[poolKey]*Pool{}, budgets: map[string]int{},
 		sizeStop: make(chan struct{}), sizeDone: make(chan struct{})}
 	c.monitor = newMonitor(cfg, log, c.closeIdleOn)
 	go c.sizeLoop()
@@ -163,7 +164,7 @@ func (c *Cluster) Route(database, user string, readOnly bool, minLSN LSN) (Targe
 			verify = minLSN
 		}
 		if r != nil {
-			p, err := c.pool(r.backend, database, user)
+			p, err := c.pool(r.addr, r.backend, database, user)
 			if err != nil {
 				return Target{}, err
 			}
@@ -181,13 +182,13 @@ func (c *Cluster) Route(database, user string, readOnly bool, minLSN LSN) (Targe
 	return Target{Pool: p}, nil
 }
 
-func (c *Cluster) pool(b config.Backend, database, user string) (*Pool, error) {
+func (c *Cluster) pool(addr string, b config.Backend, database, user string) (*Pool, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
 		return nil, ErrClosed
 	}
-	return c.poolLocked(b, database, user)
+	return c.poolLocked(addr, b, database, user)
 }
 
 // VolatileFunctions lists the primary's user-defined functions that are
@@ -274,11 +275,13 @@ func (c *Cluster) Primary(database, user string) (*Pool, error) {
 	if c.closed {
 		return nil, ErrClosed
 	}
-	return c.poolLocked(c.cfg.Primary, database, user)
+	return c.poolLocked(c.primaryAddr, c.cfg.Primary, database, user)
 }
 
-func (c *Cluster) poolLocked(b config.Backend, database, user string) (*Pool, error) {
-	k := poolKey{addr: b.Addr(), database: database, user: user}
+// poolLocked returns the pool of database and user on backend b, whose
+// address is addr.
+func (c *Cluster) poolLocked(addr string, b config.Backend, database, user string) (*Pool, error) {
+	k := poolKey{addr: addr, database: database, user: user}
 	if p := c.pools[k]; p != nil {
 		return p, nil
 	}
@@ -325,6 +328,7 @@ func (c *Cluster) Reconfigure(cfg *config.Config) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.cfg = cfg
+	c.primaryAddr = cfg.Primary.Addr()
 	backends := map[string]config.Backend{cfg.Primary.Addr(): cfg.Primary}
 	for _, r := range cfg.Replicas {
 		backends[r.Addr()] = r

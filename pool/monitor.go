@@ -42,6 +42,7 @@ func (l LSN) String() string { return fmt.Sprintf("%X/%X", uint64(l)>>32, uint64
 // the monitor's mutex; inFlight is atomic.
 type replica struct {
 	backend   config.Backend
+	addr      string // backend.Addr(), kept: routing needs it per transaction
 	healthy   bool
 	replayLSN LSN
 	lagBytes  int64
@@ -104,7 +105,7 @@ func newMonitor(cfg *config.Config, log *zap.Logger, onEject func(addr string)) 
 		conns:   map[string]*pgconn.PgConn{},
 	}
 	for _, b := range cfg.Replicas {
-		m.replicas = append(m.replicas, &replica{backend: b, health: fullHealth})
+		m.replicas = append(m.replicas, &replica{backend: b, addr: b.Addr(), health: fullHealth})
 	}
 	if len(m.replicas) == 0 {
 		close(m.done)

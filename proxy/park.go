@@ -117,10 +117,11 @@ func (ss *session) endWait(err error) (asked bool) {
 	return err != nil && errors.Is(err, os.ErrDeadlineExceeded)
 }
 
-// parkNow hands the idle socket to the Parker. It reports whether it did;
-// the client goroutine must then return without touching the session.
+// parkNow gives the reader's buffer back and hands the idle socket to the
+// Parker. It reports whether it did; the client goroutine must then return
+// without touching the session.
 func (ss *session) parkNow() bool {
-	if !ss.rd.Idle() {
+	if !ss.rd.Release() {
 		return false // part of a message came: read the rest
 	}
 	ss.srv.wg.Add(1) // for the goroutine resume starts

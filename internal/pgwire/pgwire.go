@@ -98,22 +98,29 @@ func NewReader(r io.Reader, bufBytes, maxBytes int) *Reader {
 	return &Reader{src: r, size: bufBytes, b: make([]byte, bufBytes), max: maxBytes}
 }
 
-// NewIdleReader is NewReader for a socket that is mostly idle, as a
-// client's is between transactions: while nothing is buffered it holds no
-// buffer. It waits for the socket to be readable through raw (from
-// syscall.Conn), and reads with one system call once it is.
+// NewIdleReader is NewReader for a socket that is often idle, as a
+// client's is between transactions: Release gives its buffer back while
+// nothing is buffered, and the next read takes one only once the socket
+// has bytes to read. It waits for the socket to be readable through raw
+// (from syscall.Conn), and reads with one system call once it is.
 func NewIdleReader(r io.Reader, raw syscall.RawConn, bufBytes, maxBytes int) *Reader {
 	return &Reader{src: r, raw: raw, size: bufBytes, max: maxBytes}
 }
 
-// release gives an idle reader's buffers back.
-func (r *Reader) release() {
+// Release gives an idle reader's buffers back when nothing of a next frame
+// has been read (Idle), and reports whether it did; a reader that is not
+// idle, or not made by NewIdleReader, keeps them.
+func (r *Reader) Release() bool {
+	if r.raw == nil || !r.Idle() {
+		return false
+	}
 	if r.b != nil {
 		putBuf(r.b)
 		r.b = nil
 	}
 	r.r, r.w = 0, 0
 	r.big = nil
+	return true
 }
 
 func (r *Reader) take() {
@@ -122,8 +129,8 @@ func (r *Reader) take() {
 	}
 }
 
-// read reads into b[w:]. An idle reader with nothing buffered takes its
-// buffer only for the system call that finds bytes.
+// read reads into b[w:]. An idle reader without a buffer takes one only
+// for the system call that finds bytes.
 func (r *Reader) read() (int, error) {
 	if r.raw == nil || r.w > r.r {
 		r.take()
@@ -132,6 +139,7 @@ func (r *Reader) read() (int, error) {
 	var n int
 	var rerr error
 	err := r.raw.Read(func(fd uintptr) bool {
+		had := r.b != nil
 		r.take()
 		for {
 			n, rerr = syscall.Read(int(fd), r.b[r.w:])
@@ -140,8 +148,10 @@ func (r *Reader) read() (int, error) {
 			}
 		}
 		if rerr == syscall.EAGAIN {
-			if r.w == 0 {
-				r.release() // hold nothing while waiting
+			if !had && r.w == 0 {
+				// Released: still hold nothing while waiting.
+				putBuf(r.b)
+				r.b = nil
 			}
 			return false
 		}

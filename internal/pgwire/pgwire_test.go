@@ -229,7 +229,7 @@ func FuzzReadStartup(f *testing.F) {
 	})
 }
 
-func TestAnIdleReaderReadsFramesFromASocketAndHoldsNoBufferBetweenThem(t *testing.T) {
+func TestAnIdleReaderReadsFramesFromASocketAndReleasesItsBufferBetweenThem(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer ln.Close()
@@ -257,10 +257,13 @@ func TestAnIdleReaderReadsFramesFromASocketAndHoldsNoBufferBetweenThem(t *testin
 	assert.Equal(t, byte('Q'), typ)
 	assert.Equal(t, frame('Q', "SELECT 1\x00"), f)
 	assert.True(t, r.HasFrame())
+	assert.False(t, r.Release(), "released with a frame buffered")
 	typ, _, err = r.Next()
 	require.NoError(t, err)
 	assert.Equal(t, byte('S'), typ)
 	assert.Zero(t, r.Buffered())
+	assert.True(t, r.Release(), "an idle reader with nothing buffered gives its buffer back")
+	assert.False(t, pgwire.NewReader(server, 64, 1<<20).Release(), "a plain reader keeps its buffer")
 	typ, f, err = r.Next()
 	require.NoError(t, err)
 	assert.Equal(t, byte('Q'), typ)
