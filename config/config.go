@@ -73,6 +73,13 @@ type Config struct {
 	AdminUsers []string `yaml:"admin_users"`
 	// Learning configures where learned workload patterns are kept.
 	Learning Learning `yaml:"learning"`
+	// Workflows are the hosted workflows, by name (see Workflow).
+	Workflows map[string]Workflow `yaml:"workflows"`
+	// WorkflowResilience declares the circuit breakers and rate limiters
+	// that workflow nodes share by name.
+	WorkflowResilience WorkflowResilience `yaml:"workflow_resilience"`
+	// WorkflowCache configures the caches workflow nodes use.
+	WorkflowCache WorkflowCache `yaml:"workflow_cache"`
 }
 
 // Learning configures persistence of learned workload patterns.
@@ -240,6 +247,7 @@ func Default() Config {
 		LogLevel:                   "info",
 		BackendReservedConnections: 5,
 		Learning:                   Learning{RedisKey: "kproxy:workload", SaveInterval: time.Minute},
+		WorkflowCache:              WorkflowCache{LocalEntries: 1024, RedisPrefix: "kproxy:workflow:"},
 		Routing: Routing{
 			ReplicaReads:       true,
 			MaxReplicaLagBytes: 16 << 20,

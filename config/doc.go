@@ -36,8 +36,23 @@
 //   - KPROXY_POOL_MODE names both pool_mode and pool.mode; it sets pool_mode
 //     and clears pool.mode, so the environment wins over either in the file.
 //
-// Databases and users are file-only. An unknown KPROXY_* variable is an error,
-// except those starting with KPROXY_TEST_, which belong to the test harness.
+// Databases, users, workflows and workflow_resilience are file-only;
+// workflow_cache's settings have variables (KPROXY_WORKFLOW_CACHE_REDIS_ADDR
+// and so on). An unknown KPROXY_* variable is an error, except those
+// starting with KPROXY_TEST_, which belong to the test harness.
+//
+// # Workflows
+//
+// The workflows section declares hosted workflows ([Workflow]): nodes of
+// kinds sql, http, cache, map, switch and merge, wired by references
+// ("params.status", "fetch.rows.0.id"). Validate checks each node's keys
+// against its kind, the references' form, and the names of breakers, rate
+// limits and stores, with paths such as "workflows.orders.nodes[2].url";
+// it also fills in the defaults (database and user postgres, sql mode
+// query, merge mode first, store local). What needs the whole graph —
+// references to nodes that do not exist, loops not declared under cycles,
+// switch branches — is checked when package workflow builds the workflows.
+// [ReadWorkflow] reads one workflow from a file of its own.
 //
 // # Errors
 //

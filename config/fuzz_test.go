@@ -19,6 +19,11 @@ func FuzzLoad(f *testing.F) {
 		"? [a]\n: b\n",
 		"a: 1\n---\nb: 2\n",
 		"shutdown_timeout: 1m30s\nmax_message_bytes: 0x400\n",
+		"workflows: {w: {params: [a], nodes: [{id: q, kind: sql, sql: x, args: [params.a], fallback: {value: {a: [1]}}}]}}\n",
+		"workflows: {w: {nodes: [{id: m, kind: map, items: params.x, body: {kind: http, url: 'http://h', body: item}}]}}\n",
+		"workflows: {w: {nodes: [{id: s, kind: merge, inputs: &i {a: b, <<: {c: d}}}, {id: t, kind: merge, inputs: *i}]}}\n",
+		"workflow_resilience: {breakers: {b: {}}, rate_limits: {r: {per_second: 1.5}}}\n",
+		"workflows: {w: {nodes: [&n {id: m, kind: map, items: params.x, body: *n}]}}\n",
 	} {
 		f.Add([]byte(seed))
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"reflect"
 	"strings"
@@ -71,6 +72,11 @@ const maxYAMLSteps = 1 << 20
 // decodeYAML overlays the YAML document in data onto c. It returns an error
 // only when data is not YAML; problems with the content go to ps.
 func decodeYAML(data []byte, c *Config, ps *problems) error {
+	return decodeYAMLInto(data, reflect.ValueOf(c).Elem(), ps)
+}
+
+// decodeYAMLInto is decodeYAML for any struct v.
+func decodeYAMLInto(data []byte, v reflect.Value, ps *problems) error {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil {
@@ -94,13 +100,15 @@ func decodeYAML(data []byte, c *Config, ps *problems) error {
 		}
 		root = root.Content[0]
 	}
-	d.value(root, reflect.ValueOf(c).Elem(), "")
+	d.value(root, v, "")
 	return nil
 }
 
 var (
 	durationType = reflect.TypeFor[time.Duration]()
 	backendType  = reflect.TypeFor[Backend]()
+	bindingsType = reflect.TypeFor[Bindings]()
+	bodyType     = reflect.TypeFor[Body]()
 )
 
 // walker decodes a yaml.Node tree into a value by its yaml tags, recording a
@@ -111,6 +119,10 @@ type walker struct {
 	steps int
 	// merging holds the mappings being merged, to refuse merge cycles.
 	merging map[*yaml.Node]bool
+	// inBody is set while a map node's body node is decoded: that node
+	// cannot hold another, which also stops aliases from nesting bodies
+	// without end.
+	inBody bool
 }
 
 func (d *walker) add(path string, n *yaml.Node, format string, args ...any) {
@@ -187,6 +199,12 @@ func (d *walker) value(n *yaml.Node, v reflect.Value, path string) {
 		}
 		v.Set(reflect.ValueOf(b))
 		return
+	case v.Type() == bindingsType:
+		d.bindings(n, v, path)
+		return
+	case v.Type() == bodyType:
+		d.body(n, v, path)
+		return
 	}
 	switch v.Kind() {
 	case reflect.Struct:
@@ -210,6 +228,15 @@ func (d *walker) value(n *yaml.Node, v reflect.Value, path string) {
 		v.SetBool(b)
 	case reflect.Uint16:
 		d.port(n, v, path)
+	case reflect.Float64:
+		d.float(n, v, path)
+	case reflect.Pointer:
+		if v.IsNil() {
+			v.Set(reflect.New(v.Type().Elem()))
+		}
+		d.value(n, v.Elem(), path)
+	case reflect.Interface:
+		d.anyValue(n, v, path)
 	default:
 		panic(fmt.Sprintf("config: no YAML decoding for %s at %s", v.Type(), path))
 	}
@@ -240,6 +267,120 @@ func (d *walker) integer(n *yaml.Node, v reflect.Value, path string) {
 		return
 	}
 	v.SetInt(i)
+}
+
+func (d *walker) float(n *yaml.Node, v reflect.Value, path string) {
+	var f float64
+	if n.Kind != yaml.ScalarNode || (n.ShortTag() != "!!int" && n.ShortTag() != "!!float") || n.Decode(&f) != nil ||
+		math.IsNaN(f) || math.IsInf(f, 0) {
+		d.add(path, n, "must be a number, not %s", describe(n))
+		return
+	}
+	v.SetFloat(f)
+}
+
+// anyValue decodes n as plain data: strings, numbers, booleans, null, lists
+// and mappings with string keys, as JSON would hold them.
+func (d *walker) anyValue(n *yaml.Node, v reflect.Value, path string) {
+	var x any
+	if err := n.Decode(&x); err != nil {
+		d.add(path, n, "%v", err)
+		return
+	}
+	x, err := plainValue(x)
+	if err != nil {
+		d.add(path, n, "%v", err)
+		return
+	}
+	if x != nil {
+		v.Set(reflect.ValueOf(x))
+	}
+}
+
+// plainValue turns what the yaml package decodes into values that encode as
+// JSON: mappings with other than string keys get their keys as text.
+func plainValue(x any) (any, error) {
+	switch t := x.(type) {
+	case map[string]any:
+		for k, e := range t {
+			p, err := plainValue(e)
+			if err != nil {
+				return nil, err
+			}
+			t[k] = p
+		}
+		return t, nil
+	case map[any]any:
+		m := make(map[string]any, len(t))
+		for k, e := range t {
+			p, err := plainValue(e)
+			if err != nil {
+				return nil, err
+			}
+			m[fmt.Sprint(k)] = p
+		}
+		return m, nil
+	case []any:
+		for i, e := range t {
+			p, err := plainValue(e)
+			if err != nil {
+				return nil, err
+			}
+			t[i] = p
+		}
+		return t, nil
+	case float64:
+		if math.IsNaN(t) || math.IsInf(t, 0) {
+			return nil, fmt.Errorf("%v cannot be represented in JSON", t)
+		}
+	}
+	return x, nil
+}
+
+// bindings decodes a mapping of input name to reference, keeping its order.
+func (d *walker) bindings(n *yaml.Node, v reflect.Value, path string) {
+	if n.Kind != yaml.MappingNode {
+		d.add(path, n, "must be a mapping of input names to references, not %s", describe(n))
+		return
+	}
+	var bs Bindings
+	for _, kv := range d.pairs(n, path) {
+		if isNull(kv.key) {
+			d.add(path, kv.key, "a name must not be null")
+			continue
+		}
+		key := join(path, kv.key.Value)
+		val := deref(kv.value)
+		if val == nil || !d.step(val) {
+			continue
+		}
+		if val.Kind != yaml.ScalarNode || isNull(val) {
+			d.add(key, val, "must be a reference such as fetch.rows or params.id, not %s", describe(val))
+			continue
+		}
+		bs = append(bs, Binding{Name: kv.key.Value, Ref: val.Value})
+	}
+	v.Set(reflect.ValueOf(bs))
+}
+
+// body decodes a string as a reference and a mapping as a node.
+func (d *walker) body(n *yaml.Node, v reflect.Value, path string) {
+	switch n.Kind {
+	case yaml.ScalarNode:
+		v.Set(reflect.ValueOf(Body{Ref: n.Value}))
+	case yaml.MappingNode:
+		if d.inBody {
+			d.add(path, n, "a map body's node cannot hold another node")
+			return
+		}
+		d.inBody = true
+		node := &WorkflowNode{}
+		d.value(n, reflect.ValueOf(node).Elem(), path)
+		d.inBody = false
+		v.Set(reflect.ValueOf(Body{Node: node}))
+	default:
+		d.add(path, n, "must be a reference (http) or a node mapping (map), not %s", describe(n))
+	}
 }
 
 func (d *walker) port(n *yaml.Node, v reflect.Value, path string) {

@@ -396,20 +396,29 @@ func TestEveryScalarFieldHasItsOwnEnvironmentVariable(t *testing.T) {
 		"KPROXY_POOL_ADAPTIVE_SIZING", "KPROXY_POOL_SIZING_INTERVAL", "KPROXY_POOL_SHRINK_COOLDOWN",
 		"KPROXY_POOL_TARGET_UTILIZATION_PERCENT", "KPROXY_POOL_HEALTH_THRESHOLD", "KPROXY_POOL_PATTERN_LEARNING",
 		"KPROXY_BACKEND_RESERVED_CONNECTIONS", "KPROXY_LEARNING_REDIS_ADDR", "KPROXY_LEARNING_REDIS_KEY",
-		"KPROXY_LEARNING_SAVE_INTERVAL",
+		"KPROXY_LEARNING_SAVE_INTERVAL", "KPROXY_WORKFLOW_CACHE_LOCAL_ENTRIES", "KPROXY_WORKFLOW_CACHE_REDIS_ADDR",
+		"KPROXY_WORKFLOW_CACHE_REDIS_PREFIX",
 	} {
 		assert.Contains(t, vars, name)
 	}
-	assert.Len(t, vars, 43)
+	assert.Len(t, vars, 46)
 }
 
 func TestWalkerHandlesEveryFieldType(t *testing.T) {
 	// value panics on a type it cannot decode; make sure none is reachable.
+	seen := map[reflect.Type]bool{}
 	var check func(typ reflect.Type)
 	check = func(typ reflect.Type) {
+		if seen[typ] {
+			return
+		}
+		seen[typ] = true
 		switch {
-		case typ == durationType, typ.Kind() == reflect.String, typ.Kind() == reflect.Int, typ.Kind() == reflect.Int64,
-			typ.Kind() == reflect.Bool, typ.Kind() == reflect.Uint16:
+		case typ == durationType, typ == bindingsType, typ.Kind() == reflect.String, typ.Kind() == reflect.Int,
+			typ.Kind() == reflect.Int64, typ.Kind() == reflect.Bool, typ.Kind() == reflect.Uint16,
+			typ.Kind() == reflect.Float64, typ.Kind() == reflect.Interface:
+		case typ.Kind() == reflect.Pointer:
+			check(typ.Elem())
 		case typ.Kind() == reflect.Struct:
 			for i := range typ.NumField() {
 				check(typ.Field(i).Type)

@@ -75,8 +75,9 @@ func (ps *problems) add(path, format string, args ...any) {
 }
 
 // Validate checks c and reports every problem at once as a
-// *ValidationError. It fills in DefaultPort for backends with Port 0, and is
-// meant to be called again after flags change c.
+// *ValidationError. It fills in DefaultPort for backends with Port 0 and the
+// workflows' defaults (database, user, modes, cache stores), and is meant to
+// be called again after flags change c.
 func (c *Config) Validate() error {
 	var ps problems
 	c.validateAddrs(&ps)
@@ -85,6 +86,7 @@ func (c *Config) Validate() error {
 	c.validateAuth(&ps)
 	c.validatePools(&ps)
 	c.validateRouting(&ps)
+	c.validateWorkflows(&ps)
 
 	if c.TLS.CertFile != "" && c.TLS.KeyFile == "" {
 		ps.add("tls.key_file", "required when tls.cert_file is set")

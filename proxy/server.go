@@ -274,6 +274,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return err
 }
 
+// Classifier returns the classifier the server routes with, for in-process
+// clients on the same cluster (pool.NewDB): what one learns, such as a
+// statement shape a replica refused, the other knows. It is safe for
+// concurrent use and lives as long as the server.
+func (s *Server) Classifier() *classify.Classifier { return s.classifier }
+
 func (s *Server) isDraining() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()

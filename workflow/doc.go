@@ -89,12 +89,33 @@
 // iterations, map items, switch branch, error). It encodes as JSON with
 // durations as fractional milliseconds in fields ending in _ms.
 //
+// # Hosted workflows
+//
+// Hosted builds the workflows declared in kproxy's configuration
+// (config.Workflow, the workflows section) with the Builder: each node
+// becomes a node of its kind, each reference an input — "params.X" a
+// BindParam, "node.path" a Connect — and each declared loop a Cycle. The
+// breakers, rate limiters and caches of workflow_resilience and
+// workflow_cache are created once and shared by every workflow, and are
+// kept by Reload while their settings do not change. Each workflow gets a
+// Runtime of its own (its max_concurrency), and Hosted.Trace finds a run's
+// trace in any of them. Hosted.Handler serves the workflows over HTTP:
+// kproxy mounts it on its admin listener, and `kproxy workflow run` uses
+// Hosted in-process.
+//
+// Where the SQL nodes run is the caller's choice, through
+// HostedOptions.DB: kproxy serve passes pool.NewDB on the proxy's own
+// cluster and classifier, so workflows share the pools, the routing and
+// the server statements of network clients; `kproxy workflow run` passes
+// pool.OpenDB, a cluster of its own (library mode).
+//
 // # What it does not do
 //
 // It does not persist runs or resume them after a restart, it does not
 // distribute a run over several processes, and it does not stop a node that
 // ignores its context. It does not reach Postgres itself: SQL nodes go
 // through package pool. Cycles may not share nodes or nest, and a cycle's
-// body does not run its own nodes in parallel. Hosted workflows (declared
-// in YAML and served over HTTP) are a layer on top of this core.
+// body does not run its own nodes in parallel. Hosted workflows cannot run
+// Go code: their nodes are the kinds the configuration names (sql, http,
+// cache, map, switch, merge).
 package workflow

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/kproxy/kproxy/pool"
 )
@@ -26,7 +27,11 @@ var ErrUnexpectedRows = errors.New("unexpected number of rows")
 // Arguments are references resolved against the node's inputs: "order_id"
 // is the input order_id, "item.id" the field id of the input item (a map
 // body's item), "fetch.rows.0.total" a path into the input fetch. They are
-// the statement's $1, $2, … in order.
+// the statement's $1, $2, … in order, encoded for the parameter types
+// Postgres inferred. A list ([]any, or a result's rows) goes as an array to
+// an array parameter ("WHERE id = ANY($1)"), and a list or an object
+// (map[string]any) as JSON to a json or jsonb parameter and as JSON text to
+// any other.
 
 // SQLResult is the output of a SQL query or exec node. Paths into it:
 // "rows" (a list of rows, each a map of column to value), "row" (the first
@@ -228,17 +233,22 @@ func (n *sqlNode) Run(ctx context.Context, in Inputs) (any, error) {
 
 // sqlError marks err permanent unless running the statement again may
 // succeed: a serialization failure or deadlock (class 40), a lost or
-// refused connection (class 08, 57P01–57P03), no free server connection in
-// time, or a cancelled context (which retries never see).
+// refused connection (class 08, 57P01–57P03, a server connection that could
+// not be opened unless the server refused the login), too many connections
+// on the server (53300), no free server connection in time, or a cancelled
+// context (which retries never see).
 func sqlError(err error) error {
-	var pe *pgconn.PgError
+	var (
+		pe *pgconn.PgError
+		ce *pool.ConnectError
+	)
 	switch {
-	case errors.As(err, &pe):
+	case errors.As(err, &pe): // also what a server refusing a login said
 		if strings.HasPrefix(pe.Code, "40") || strings.HasPrefix(pe.Code, "08") ||
-			pe.Code == "57P01" || pe.Code == "57P02" || pe.Code == "57P03" {
+			pe.Code == "57P01" || pe.Code == "57P02" || pe.Code == "57P03" || pe.Code == "53300" {
 			return err
 		}
-	case errors.Is(err, pool.ErrConnLost), errors.Is(err, pool.ErrAcquireTimeout),
+	case errors.As(err, &ce), errors.Is(err, pool.ErrConnLost), errors.Is(err, pool.ErrAcquireTimeout),
 		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return err
 	}
@@ -283,14 +293,43 @@ func (e argEnv) Lookup(key string) (any, bool) {
 	return e.in.Get(key)
 }
 
-// sqlValue passes maps and lists (JSON documents) as JSON text, and
-// everything else as it is.
+// sqlValue passes objects and lists, such as those decoded from JSON, as
+// jsonDoc and jsonList, and everything else as it is.
 func sqlValue(v any) any {
-	switch v.(type) {
-	case map[string]any, []any:
-		if b, err := json.Marshal(v); err == nil {
-			return string(b)
+	switch x := v.(type) {
+	case map[string]any:
+		return jsonDoc(x)
+	case []any:
+		return jsonList(x)
+	case []map[string]any: // SQLResult.Rows
+		l := make(jsonList, len(x))
+		for i, m := range x {
+			l[i] = m
 		}
+		return l
 	}
 	return v
+}
+
+// jsonList is a list argument. It is encoded for the parameter's type: as
+// an array for an array parameter (when its elements fit), as JSON for
+// json and jsonb, and as JSON text (TextValue) for anything else.
+type jsonList []any
+
+// TextValue returns the list as JSON text.
+func (l jsonList) TextValue() (pgtype.Text, error) { return jsonText([]any(l)) }
+
+// jsonDoc is an object argument: JSON for json and jsonb parameters, JSON
+// text (TextValue) for anything else.
+type jsonDoc map[string]any
+
+// TextValue returns the object as JSON text.
+func (d jsonDoc) TextValue() (pgtype.Text, error) { return jsonText(map[string]any(d)) }
+
+func jsonText(v any) (pgtype.Text, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return pgtype.Text{}, err
+	}
+	return pgtype.Text{String: string(b), Valid: true}, nil
 }

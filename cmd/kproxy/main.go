@@ -1,10 +1,12 @@
 // Command kproxy is a PostgreSQL proxy: connection pooling in session and
-// transaction mode, with statements classified by the Postgres parser.
+// transaction mode, with statements classified by the Postgres parser, and
+// a host for workflows that run on the same pools.
 //
 // Usage:
 //
-//	kproxy [serve] [flags]   run the proxy (the default)
-//	kproxy version           print the version
+//	kproxy [serve] [flags]                      run the proxy (the default)
+//	kproxy workflow run NAME|FILE [flags]       run one workflow in-process and print its result
+//	kproxy version                              print the version
 package main
 
 import (
@@ -17,6 +19,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -26,6 +29,7 @@ import (
 	"github.com/kproxy/kproxy/config"
 	"github.com/kproxy/kproxy/pool"
 	"github.com/kproxy/kproxy/proxy"
+	"github.com/kproxy/kproxy/workflow"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -43,6 +47,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 0
 		case "serve":
 			args = args[1:]
+		case "workflow":
+			return workflowCommand(args[1:], stdout, stderr)
 		case "help":
 			args = []string{"--help"}
 		}
@@ -79,8 +85,9 @@ func newServeFlags(stderr io.Writer) *serveFlags {
 		fmt.Fprintf(stderr, `kproxy: a PostgreSQL proxy with session and transaction pooling.
 
 Usage:
-  kproxy [serve] [flags]   run the proxy (serve is the default)
-  kproxy version           print the version
+  kproxy [serve] [flags]                 run the proxy (serve is the default)
+  kproxy workflow run NAME|FILE [flags]  run one workflow in-process (see kproxy workflow --help)
+  kproxy version                         print the version
 
 Settings come from defaults, then the --config file, then KPROXY_*
 environment variables (e.g. KPROXY_POOL_MAX_CONNECTIONS=50), then flags.
@@ -178,6 +185,18 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		log.Error("cannot start", zap.Error(err))
 		return 1
 	}
+	// Hosted workflows run on the proxy's pools, routed by its classifier.
+	hosted, err := workflow.NewHosted(cfg, workflow.HostedOptions{
+		DB: func(database, user string) (*pool.DB, error) {
+			return pool.NewDB(cluster, srv.Classifier(), database, user), nil
+		},
+		Logger: log.Named("workflow"),
+	})
+	if err != nil {
+		fmt.Fprintf(stderr, "kproxy: invalid workflows:\n%v\n", err)
+		return 2
+	}
+	defer hosted.Close()
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		log.Error("cannot listen", zap.String("address", cfg.Listen), zap.Error(err))
@@ -191,14 +210,15 @@ func serve(args []string, stdout, stderr io.Writer) int {
 			log.Error("cannot listen", zap.String("address", cfg.AdminListen), zap.Error(err))
 			return 1
 		}
-		admin = &http.Server{Handler: srv.AdminHandler(), ReadHeaderTimeout: 10 * time.Second}
+		admin = &http.Server{Handler: adminHandler(srv, hosted), ReadHeaderTimeout: 10 * time.Second}
 		go func() { _ = admin.Serve(aln) }()
 	}
 	log.Info("kproxy is ready",
 		zap.String("version", version), zap.String("listen", cfg.Listen), zap.String("admin_listen", cfg.AdminListen),
 		zap.String("primary", cfg.Primary.Addr()), zap.Int("replicas", len(cfg.Replicas)), zap.String("pool_mode", string(cfg.PoolMode)))
 
-	srv.SetReloader(func() error { return reload(f, srv, log) })
+	r := &reloader{f: f, srv: srv, hosted: hosted, log: log, running: cfg}
+	srv.SetReloader(r.reload)
 	proxy.Version = "kproxy " + version
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
@@ -216,7 +236,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 			return 0
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				_ = reload(f, srv, log)
+				_ = r.reload()
 				continue
 			}
 			log.Info("draining: waiting for open transactions", zap.Stringer("signal", sig), zap.Duration("timeout", cfg.ShutdownTimeout))
@@ -235,19 +255,50 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-// reload re-reads the configuration and applies it, on SIGHUP or the
-// admin console's RELOAD.
-func reload(f *serveFlags, srv *proxy.Server, log *zap.Logger) error {
-	cfg, err := f.load()
+// adminHandler serves the proxy's admin API with the hosted workflows'
+// routes under /workflows.
+func adminHandler(srv *proxy.Server, hosted *workflow.Hosted) http.Handler {
+	mux := http.NewServeMux()
+	wh := hosted.Handler()
+	mux.Handle("/workflows", wh)
+	mux.Handle("/workflows/", wh)
+	mux.Handle("/", srv.AdminHandler())
+	return mux
+}
+
+// reloader re-reads the configuration and applies it, on SIGHUP or the
+// admin console's RELOAD, all or nothing.
+type reloader struct {
+	f      *serveFlags
+	srv    *proxy.Server
+	hosted *workflow.Hosted
+	log    *zap.Logger
+
+	mu      sync.Mutex
+	running *config.Config // guarded by mu
+}
+
+func (r *reloader) reload() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	cfg, err := r.f.load()
 	if err != nil {
-		log.Error("reload rejected; keeping the running configuration", zap.Error(err))
+		r.log.Error("reload rejected; keeping the running configuration", zap.Error(err))
 		return err
 	}
-	if err := srv.Reload(cfg); err != nil {
-		log.Error("reload failed; keeping the running configuration", zap.Error(err))
+	if err := r.hosted.Reload(cfg); err != nil {
+		r.log.Error("reload rejected: workflows do not build; keeping the running configuration", zap.Error(err))
 		return err
 	}
-	log.Info("configuration reloaded")
+	if err := r.srv.Reload(cfg); err != nil {
+		if rerr := r.hosted.Reload(r.running); rerr != nil {
+			r.log.Error("restoring the running workflows failed", zap.Error(rerr))
+		}
+		r.log.Error("reload failed; keeping the running configuration", zap.Error(err))
+		return err
+	}
+	r.running = cfg
+	r.log.Info("configuration reloaded")
 	return nil
 }
 
