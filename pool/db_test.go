@@ -56,6 +56,14 @@ func openDB(t testing.TB, withReplica bool, edit func(*config.Config)) *pool.DB 
 	db, err := pool.OpenDB(ctx, dbConfig(t, withReplica, edit), zap.NewNop(), "postgres", "postgres")
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, db.Close()) })
+	if withReplica {
+		// On a fresh cluster the monitor's first check may find the replica
+		// not caught up yet; the tests route reads only once it qualifies.
+		require.Eventually(t, func() bool {
+			rs := db.Cluster().RoutingStats().Replicas
+			return len(rs) > 0 && rs[0].Healthy
+		}, 20*time.Second, 20*time.Millisecond, "the replica never became healthy: %+v", db.Cluster().RoutingStats().Replicas)
+	}
 	return db
 }
 
