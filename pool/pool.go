@@ -154,6 +154,14 @@ func New(cfg Config, log *zap.Logger) (*Pool, error) {
 		return nil, fmt.Errorf("pool for %s: %w", cfg.Addr, err)
 	}
 	pgc.Password = cfg.Password
+	dial := pgc.DialFunc
+	pgc.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		nc, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &dialedConn{Conn: nc}, nil
+	}
 	if pgc.RuntimeParams == nil {
 		pgc.RuntimeParams = map[string]string{}
 	}
@@ -476,6 +484,12 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 		p.failed.Add(1)
 		return nil, &ConnectError{Addr: p.cfg.Addr, Err: err}
 	}
+	nc, err := takeOver(hj.Conn)
+	if err != nil {
+		_ = hj.Conn.Close()
+		p.failed.Add(1)
+		return nil, &ConnectError{Addr: p.cfg.Addr, Err: err}
+	}
 	now := time.Now()
 	life := limits.MaxLifetime
 	if j := limits.MaxLifetimeJitter; j > 0 {
@@ -491,9 +505,9 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 	}
 	c := &Conn{
 		pool:      p,
-		nc:        hj.Conn,
-		rd:        pgwire.NewReader(hj.Conn, serverReadBufBytes, maxServerMsgBytes),
-		wr:        bufio.NewWriterSize(hj.Conn, serverWriteBufBytes),
+		nc:        nc,
+		rd:        pgwire.NewReader(nc, serverReadBufBytes, maxServerMsgBytes),
+		wr:        bufio.NewWriterSize(nc, serverWriteBufBytes),
 		pid:       hj.PID,
 		secret:    hj.SecretKey,
 		params:    params,
