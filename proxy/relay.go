@@ -361,7 +361,6 @@ func (ss *session) dispatchLocked(t byte, msg []byte, flush bool) bool {
 				zap.Bool("read_only", readOnly), zap.Bool("replica", target.Replica()),
 				zap.Stringer("min_lsn", minLSN), zap.Uint32("server_pid", sc.PID()))
 		}
-		ss.attach(sc)
 		var sent int64
 		if target.Replica() { // only a replica's transaction may be replayed
 			ss.wmu.Lock()
@@ -369,6 +368,11 @@ func (ss *session) dispatchLocked(t byte, msg []byte, flush bool) bool {
 			ss.wmu.Unlock()
 		}
 		ss.mu.Lock()
+		// The server goroutine starts under mu, so that what it reads
+		// first (an error the server sent before this transaction began,
+		// such as 57P01 on a connection terminated while idle) finds the
+		// transaction's routing and replay state set.
+		ss.attachLocked(sc)
 		ss.target = target
 		// A transaction replayed on the primary is there because it writes.
 		ss.wrote = ss.forcePrimary

@@ -312,11 +312,17 @@ func (ss *session) acquire(p *pool.Pool) (*pool.Conn, error) {
 // attach makes sc the session's server connection and starts relaying what
 // the server sends.
 func (ss *session) attach(sc *pool.Conn) {
-	done := make(chan struct{})
 	ss.mu.Lock()
+	ss.attachLocked(sc)
+	ss.mu.Unlock()
+}
+
+// attachLocked is attach with mu held: the server goroutine waits for mu
+// before it acts on anything it reads.
+func (ss *session) attachLocked(sc *pool.Conn) {
+	done := make(chan struct{})
 	ss.server = sc
 	ss.serverDone = done
-	ss.mu.Unlock()
 	go ss.relayServer(sc, done)
 }
 
