@@ -48,25 +48,16 @@ func (c *dialedConn) Read(b []byte) (int, error) {
 // reads through the wrapper fail without touching it. With TLS the
 // wrapper stays under the TLS layer; a pending read is ended the same way.
 func takeOver(hj net.Conn) (net.Conn, error) {
+	use := hj
 	dc, plain := hj.(*dialedConn)
-	if !plain {
-		// TLS over a dialedConn: find it to watch its reads.
-		type netConner interface{ NetConn() net.Conn }
-		if nc, ok := hj.(netConner); ok {
-			dc, _ = nc.NetConn().(*dialedConn)
-		}
-		if dc == nil {
-			return hj, nil
-		}
-	}
 	if plain {
 		dc.detached.Store(true)
+		use = dc.Conn
+	} else if tc, ok := hj.(interface{ NetConn() net.Conn }); ok {
+		dc, _ = tc.NetConn().(*dialedConn)
 	}
-	if dc.reads.Load() == 0 {
-		if plain {
-			return dc.Conn, nil
-		}
-		return hj, nil
+	if dc == nil || dc.reads.Load() == 0 {
+		return use, nil
 	}
 	// A read is pending: no answer is due, so a deadline in the past ends
 	// it with nothing read. The deadline stays until it has returned: a
@@ -81,11 +72,5 @@ func takeOver(hj net.Conn) (net.Conn, error) {
 		}
 		time.Sleep(100 * time.Microsecond)
 	}
-	if err := dc.Conn.SetReadDeadline(time.Time{}); err != nil {
-		return nil, err
-	}
-	if plain {
-		return dc.Conn, nil
-	}
-	return hj, nil
+	return use, dc.Conn.SetReadDeadline(time.Time{})
 }

@@ -35,6 +35,15 @@ func raw(t *testing.T, c *net.TCPConn) syscall.RawConn {
 	return rc
 }
 
+// newParker returns a Parker closed when the test ends.
+func newParker(t *testing.T) *netpark.Parker {
+	t.Helper()
+	p, err := netpark.New()
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = p.Close() })
+	return p
+}
+
 func woken(ch chan struct{}, within time.Duration) bool {
 	select {
 	case <-ch:
@@ -45,10 +54,9 @@ func woken(ch chan struct{}, within time.Duration) bool {
 }
 
 func TestAParkedSocketIsWokenWhenDataArrivesAndStillReadsIt(t *testing.T) {
-	p, err := netpark.New()
-	require.NoError(t, err)
-	defer p.Close()
+	p := newParker(t)
 	s, c := pair(t)
+	var err error
 	wake := make(chan struct{}, 1)
 	_, err = p.Park(raw(t, s), func() { wake <- struct{}{} })
 	require.NoError(t, err)
@@ -73,10 +81,9 @@ func TestAParkedSocketIsWokenWhenDataArrivesAndStillReadsIt(t *testing.T) {
 }
 
 func TestDataThatArrivedBeforeParkingWakesAtOnce(t *testing.T) {
-	p, err := netpark.New()
-	require.NoError(t, err)
-	defer p.Close()
+	p := newParker(t)
 	s, c := pair(t)
+	var err error
 	_, err = c.Write([]byte("early"))
 	require.NoError(t, err)
 	time.Sleep(20 * time.Millisecond)
@@ -87,10 +94,9 @@ func TestDataThatArrivedBeforeParkingWakesAtOnce(t *testing.T) {
 }
 
 func TestAPeerThatHangsUpWakesTheSocket(t *testing.T) {
-	p, err := netpark.New()
-	require.NoError(t, err)
-	defer p.Close()
+	p := newParker(t)
 	s, c := pair(t)
+	var err error
 	wake := make(chan struct{}, 1)
 	_, err = p.Park(raw(t, s), func() { wake <- struct{}{} })
 	require.NoError(t, err)
@@ -99,10 +105,9 @@ func TestAPeerThatHangsUpWakesTheSocket(t *testing.T) {
 }
 
 func TestAnUnparkedSocketIsNotWoken(t *testing.T) {
-	p, err := netpark.New()
-	require.NoError(t, err)
-	defer p.Close()
+	p := newParker(t)
 	s, c := pair(t)
+	var err error
 	wake := make(chan struct{}, 1)
 	id, err := p.Park(raw(t, s), func() { wake <- struct{}{} })
 	require.NoError(t, err)

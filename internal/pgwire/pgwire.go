@@ -100,8 +100,8 @@ func NewReader(r io.Reader, bufBytes, maxBytes int) *Reader {
 
 // NewIdleReader is NewReader for a socket that is often idle, as a
 // client's is between transactions: Release gives its buffer back while
-// nothing is buffered, and the next read takes one only once the socket
-// has bytes to read. It waits for the socket to be readable through raw
+// nothing is buffered (a parked client holds none), and the next call to
+// Next takes one again. It waits for the socket to be readable through raw
 // (from syscall.Conn), and reads with one system call once it is.
 func NewIdleReader(r io.Reader, raw syscall.RawConn, bufBytes, maxBytes int) *Reader {
 	return &Reader{src: r, raw: raw, size: bufBytes, max: maxBytes}
@@ -129,18 +129,14 @@ func (r *Reader) take() {
 	}
 }
 
-// read reads into b[w:]. An idle reader without a buffer takes one only
-// for the system call that finds bytes.
+// read reads into b[w:]; fill has taken the buffer.
 func (r *Reader) read() (int, error) {
 	if r.raw == nil || r.w > r.r {
-		r.take()
 		return r.src.Read(r.b[r.w:])
 	}
 	var n int
 	var rerr error
 	err := r.raw.Read(func(fd uintptr) bool {
-		had := r.b != nil
-		r.take()
 		for {
 			n, rerr = syscall.Read(int(fd), r.b[r.w:])
 			if rerr != syscall.EINTR {
@@ -148,11 +144,6 @@ func (r *Reader) read() (int, error) {
 			}
 		}
 		if rerr == syscall.EAGAIN {
-			if !had && r.w == 0 {
-				// Released: still hold nothing while waiting.
-				putBuf(r.b)
-				r.b = nil
-			}
 			return false
 		}
 		return true
