@@ -1,7 +1,5 @@
 package classify
 
-import "strings"
-
 // Effect is a kind of session state that cannot follow a client to another
 // server connection, and so pins the client to its server connection.
 type Effect uint8
@@ -73,35 +71,74 @@ func SessionEffect(sql string) Effect { return ScanSession(sql).Pin }
 func ScanSession(sql string) Session {
 	var s Session
 	lx := lexer{src: sql}
-	var words []string // lower-cased words of the current statement
+	var kw [16]string
+	words := kw[:0]   // the current statement's words: keywords lower-cased, any other word ""
+	var raw [3]string // its first words as written, for DEALLOCATE's name
 	statements := 0
-	end := func() {
-		if len(words) > 0 {
-			statements++
-			s.addStatement(words, statements)
-		}
-		words = words[:0]
-	}
 	for {
 		tok, ok := lx.next()
-		if !ok {
-			end()
+		if !ok || tok.kind == tokSemicolon {
+			if len(words) > 0 {
+				statements++
+				s.addStatement(words, &raw, statements)
+			}
+			words, raw = words[:0], [3]string{}
+			if ok {
+				continue
+			}
 			if statements != 1 {
 				s.Deallocate = ""
 			}
 			return s
 		}
-		switch tok.kind {
-		case tokSemicolon:
-			end()
-		case tokWord:
-			w := strings.ToLower(tok.text)
+		if tok.kind == tokWord {
+			w := keyword(tok.text)
 			if lx.peekByte() == '(' {
 				s.addFunction(w)
+			}
+			if len(words) < len(raw) {
+				raw[len(words)] = tok.text
 			}
 			words = append(words, w)
 		}
 	}
+}
+
+// sessionKeywords are the words ScanSession acts on.
+var sessionKeywords = map[string]string{}
+
+func init() {
+	for _, w := range []string{
+		"set", "local", "transaction", "constraints", "reset", "discard", "all", "prepare", "deallocate",
+		"listen", "unlisten", "drop", "close", "commit", "end", "rollback", "abort", "load",
+		"declare", "for", "with", "hold", "create", "temp", "temporary", "table", "view", "sequence",
+		"function", "index", "into", "set_config",
+		"pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock", "pg_try_advisory_lock_shared",
+		"pg_advisory_unlock", "pg_advisory_unlock_shared", "pg_advisory_unlock_all",
+	} {
+		sessionKeywords[w] = w
+	}
+}
+
+// maxKeywordLen is the length of the longest of sessionKeywords.
+const maxKeywordLen = len("pg_try_advisory_lock_shared")
+
+// keyword returns word lower-cased if it is one of sessionKeywords, and ""
+// otherwise, without allocating. Only ASCII letters are lower-cased, as
+// Postgres does for unquoted identifiers in a multibyte encoding.
+func keyword(word string) string {
+	if len(word) > maxKeywordLen {
+		return ""
+	}
+	var b [maxKeywordLen]byte
+	for i := range len(word) {
+		c := word[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		b[i] = c
+	}
+	return sessionKeywords[string(b[:len(word)])]
 }
 
 func (s *Session) pin(e Effect) {
@@ -121,7 +158,9 @@ func (s *Session) addFunction(w string) {
 	}
 }
 
-func (s *Session) addStatement(w []string, n int) {
+// addStatement adds one statement's words (see ScanSession); raw holds its
+// first words as written.
+func (s *Session) addStatement(w []string, raw *[3]string, n int) {
 	at := func(i int) string {
 		if i < len(w) {
 			return w[i]
@@ -149,14 +188,14 @@ func (s *Session) addStatement(w []string, n int) {
 		}
 	case "deallocate":
 		s.MayRelease = true
-		name := at(1)
-		if name == "prepare" {
-			name = at(2)
+		i := 1
+		if at(1) == "prepare" {
+			i = 2
 		}
-		if name == "all" {
+		if at(i) == "all" {
 			s.DropsAllStatements = true
 		} else if n == 1 && len(w) <= 3 {
-			s.Deallocate = name
+			s.Deallocate = lowerASCII(raw[i])
 		}
 	case "listen":
 		s.pin(EffectListen)
@@ -187,4 +226,15 @@ func (s *Session) addStatement(w []string, n int) {
 			s.pin(EffectTempTable)
 		}
 	}
+}
+
+// lowerASCII lower-cases the ASCII letters of s.
+func lowerASCII(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
 }

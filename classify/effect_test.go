@@ -95,3 +95,14 @@ func FuzzSessionEffect(f *testing.F) {
 		_ = ScanSession(sql)
 	})
 }
+
+// BenchmarkScanSession scans pgbench's select-only statement, which kproxy
+// does for every statement a client sends in transaction mode.
+func BenchmarkScanSession(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		if s := ScanSession("SELECT abalance FROM pgbench_accounts WHERE aid = 40721;"); s != (Session{}) {
+			b.Fatal(s)
+		}
+	}
+}

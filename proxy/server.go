@@ -61,6 +61,9 @@ type Server struct {
 	parkTick  atomic.Int64
 	stopSweep chan struct{}
 	sweepDone chan struct{}
+
+	// workers run the server side of transactions (relayServer).
+	workers workers
 }
 
 // classifierCacheSize bounds the statement shapes whose classification is
@@ -271,6 +274,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if s.parker != nil {
 		_ = s.parker.Close()
 	}
+	s.workers.Close()
 	return err
 }
 

@@ -323,7 +323,7 @@ func (ss *session) attachLocked(sc *pool.Conn) {
 	done := make(chan struct{})
 	ss.server = sc
 	ss.serverDone = done
-	go ss.relayServer(sc, done)
+	ss.srv.workers.Go(func() { ss.relayServer(sc, done) })
 }
 
 // cancelRunning forwards a cancel request to the server connection if the

@@ -41,9 +41,18 @@ const (
 	targetKproxyTx      target = "kproxy-tx"
 	targetKproxySession target = "kproxy-session"
 	targetPgBouncerTx   target = "pgbouncer-tx"
+	// The floor targets are bench/cmd/floor-relay: transaction pooling
+	// with nothing else, with a goroutine per client or one epoll loop.
+	// They run only when -targets names them.
+	targetFloorGoroutine target = "floor-goroutine"
+	targetFloorEpoll     target = "floor-epoll"
 )
 
-var allTargets = []target{targetDirect, targetKproxyTx, targetKproxySession, targetPgBouncerTx}
+// defaultTargets run unless -targets says otherwise.
+var defaultTargets = []target{targetDirect, targetKproxyTx, targetKproxySession, targetPgBouncerTx}
+
+// allTargets are every target -targets accepts.
+var allTargets = append(slices.Clone(defaultTargets), targetFloorGoroutine, targetFloorEpoll)
 
 // scenario is one pgbench workload.
 type scenario struct {
@@ -100,7 +109,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.full, "full", false, "full mode: 3 scripts × 3 protocols × 1, 16, 64, 256 clients × with and without -C")
 	fs.IntVar(&o.seconds, "T", 5, "seconds per pgbench run")
 	fs.IntVar(&o.rounds, "rounds", 3, "rounds; each runs every scenario once on every target")
-	fs.StringVar(&targets, "targets", joinTargets(allTargets), "comma-separated targets to run")
+	fs.StringVar(&targets, "targets", joinTargets(defaultTargets), "comma-separated targets to run; "+
+		joinTargets([]target{targetFloorGoroutine, targetFloorEpoll})+" are bench/cmd/floor-relay")
 	fs.StringVar(&o.out, "out", "bench/results", "results `dir`ectory; a relative path is taken from the repository root")
 	fs.IntVar(&o.primaryPort, "primary", 0, "`port` of an existing primary on 127.0.0.1 that trusts user postgres; 0 starts a private cluster with scripts/pgcluster")
 	fs.IntVar(&o.scale, "scale", 10, "pgbench scale factor for pgbench -i")
@@ -190,16 +200,17 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 
 // harness holds what every run needs.
 type harness struct {
-	opts      options
-	work      string // temporary directory, removed at the end
-	pgbench   string
-	pgbouncer string // "" when not installed
-	kproxy    string // built binary; "" when no kproxy target runs
-	cluster   *rig.Cluster
-	ticks     int64 // clock ticks per second
-	threads   int   // pgbench -j upper bound: the number of CPUs
-	logs      logEvents
-	runDirs   int // runs so far, for naming their directories
+	opts       options
+	work       string // temporary directory, removed at the end
+	pgbench    string
+	pgbouncer  string // "" when not installed
+	kproxy     string // built binary; "" when no kproxy target runs
+	floorRelay string // built floor-relay binary; "" when no floor target runs
+	cluster    *rig.Cluster
+	ticks      int64 // clock ticks per second
+	threads    int   // pgbench -j upper bound: the number of CPUs
+	logs       logEvents
+	runDirs    int // runs so far, for naming their directories
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -240,6 +251,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if slices.Contains(opts.targets, targetKproxyTx) || slices.Contains(opts.targets, targetKproxySession) {
 		progress(stderr, "building kproxy")
 		if h.kproxy, err = rig.BuildKproxy(ctx, root, h.work); err != nil {
+			return err
+		}
+	}
+	if slices.Contains(opts.targets, targetFloorGoroutine) || slices.Contains(opts.targets, targetFloorEpoll) {
+		progress(stderr, "building floor-relay")
+		if h.floorRelay, err = rig.BuildFloorRelay(ctx, root, h.work); err != nil {
 			return err
 		}
 	}
@@ -343,6 +360,8 @@ func (h *harness) plan() []*cell {
 						switch {
 						case t == targetPgBouncerTx && h.pgbouncer == "":
 							c.Skip = "pgbouncer is not installed"
+						case (t == targetFloorGoroutine || t == targetFloorEpoll) && proto == "prepared":
+							c.Skip = "floor-relay does not track prepared statements, which -M prepared needs in transaction pooling"
 						case t == targetPgBouncerTx && proto == "prepared" && !o.full:
 							c.Skip = "PgBouncer 1.18 does not support protocol-level prepared statements in transaction mode " +
 								"(pgbench fails with “prepared statement does not exist”); -full runs it to record the failures"
@@ -406,6 +425,11 @@ func (h *harness) runCell(ctx context.Context, c *cell) result {
 		proxy, err = rig.StartKproxy(ctx, rig.KproxyConfig{
 			Bin: h.kproxy, Dir: dir, Primary: addr, PoolMode: mode, MaxConnections: pool, Database: database,
 		})
+	case targetFloorGoroutine, targetFloorEpoll:
+		mode := strings.TrimPrefix(string(c.Target), "floor-")
+		proxy, err = rig.StartFloorRelay(ctx, rig.FloorRelayConfig{
+			Bin: h.floorRelay, Dir: dir, Primary: addr, Mode: mode, PoolSize: pool, Database: database,
+		})
 	case targetPgBouncerTx:
 		proxy, err = rig.StartPgBouncer(ctx, rig.PgBouncerConfig{
 			Bin: h.pgbouncer, Dir: dir, Primary: addr, PoolMode: "transaction", PoolSize: pool,
@@ -420,10 +444,13 @@ func (h *harness) runCell(ctx context.Context, c *cell) result {
 		defer func() {
 			proxy.Stop()
 			log, _ := os.ReadFile(proxy.LogPath)
-			if proxy.Name == "kproxy" {
+			switch proxy.Name {
+			case "kproxy":
 				h.logs.addKproxy(c.Target, string(log))
-			} else {
+			case "pgbouncer":
 				h.logs.addPgBouncer(c.Target, string(log))
+			default:
+				h.logs.addLines(c.Target, string(log))
 			}
 		}()
 		if err := rig.Warm(ctx, proxy.Addr, database, pool); err != nil {

@@ -93,7 +93,11 @@ func (r pgbenchRun) run(ctx context.Context) result {
 	case ctx.Err() != nil && errors.Is(ctx.Err(), context.DeadlineExceeded):
 		res.Err = fmt.Sprintf("pgbench did not finish within %s and was killed", time.Duration(r.Seconds)*time.Second+killAfter)
 	case !res.HasTPS:
-		res.Err = "pgbench printed no tps: " + firstLines(lastLines(stderr.String(), 3), 3)
+		out := stderr.String()
+		if strings.TrimSpace(out) == "" {
+			out = stdout.String()
+		}
+		res.Err = "pgbench printed no tps: " + firstLines(lastLines(out, 3), 3)
 		if runErr != nil {
 			res.Err += " (" + runErr.Error() + ")"
 		}

@@ -75,6 +75,15 @@ func (l *logEvents) addPgBouncer(t target, log string) {
 	}
 }
 
+// addLines adds every line of a log that has no format of its own.
+func (l *logEvents) addLines(t target, log string) {
+	for line := range strings.SplitSeq(log, "\n") {
+		if line = strings.TrimSpace(line); line != "" {
+			l.add(t, "output", line, line)
+		}
+	}
+}
+
 func (l *logEvents) add(t target, level, msg, example string) {
 	msg = reNumber.ReplaceAllString(reHex.ReplaceAllString(msg, "0x…"), "N")
 	key := fmt.Sprintf("%s\x00%s\x00%s", t, level, msg)

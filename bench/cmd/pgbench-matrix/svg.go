@@ -8,10 +8,12 @@ import (
 
 // targetColors are the bar colours, by target.
 var targetColors = map[target]string{
-	targetDirect:        "#4c72b0",
-	targetKproxyTx:      "#dd8452",
-	targetKproxySession: "#55a868",
-	targetPgBouncerTx:   "#8172b3",
+	targetDirect:         "#4c72b0",
+	targetKproxyTx:       "#dd8452",
+	targetKproxySession:  "#55a868",
+	targetPgBouncerTx:    "#8172b3",
+	targetFloorGoroutine: "#c44e52",
+	targetFloorEpoll:     "#937860",
 }
 
 // Layout of the chart, in pixels.

@@ -24,10 +24,10 @@ const (
 // errExited reports that a proxy exited before it accepted connections.
 var errExited = errors.New("exited before accepting connections")
 
-// Process is one proxy started by [StartKproxy] or [StartPgBouncer]. Its
-// methods are safe for concurrent use.
+// Process is one proxy started by [StartKproxy], [StartPgBouncer] or
+// [StartFloorRelay]. Its methods are safe for concurrent use.
 type Process struct {
-	// Name is "kproxy" or "pgbouncer".
+	// Name is "kproxy", "pgbouncer" or "floor-relay".
 	Name string
 	// Addr is the host:port clients connect to.
 	Addr string
@@ -129,11 +129,21 @@ func (p *Process) waitReady(ctx context.Context, db string) error {
 // BuildKproxy builds ./cmd/kproxy of the repository at root into dir and
 // returns the binary's path.
 func BuildKproxy(ctx context.Context, root, dir string) (string, error) {
-	bin := filepath.Join(dir, "kproxy")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/kproxy")
+	return build(ctx, root, dir, "kproxy", "./cmd/kproxy")
+}
+
+// BuildFloorRelay builds ./bench/cmd/floor-relay into dir and returns the
+// binary's path.
+func BuildFloorRelay(ctx context.Context, root, dir string) (string, error) {
+	return build(ctx, root, dir, "floor-relay", "./bench/cmd/floor-relay")
+}
+
+func build(ctx context.Context, root, dir, name, pkg string) (string, error) {
+	bin := filepath.Join(dir, name)
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, pkg)
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/kproxy: %w\n%s", err, out)
+		return "", fmt.Errorf("go build %s: %w\n%s", pkg, err, out)
 	}
 	return bin, nil
 }
@@ -176,6 +186,46 @@ func StartKproxy(ctx context.Context, c KproxyConfig) (*Process, error) {
 		cmd.Dir = c.Dir
 		var p *Process
 		p, err = start(ctx, "kproxy", addr, filepath.Join(c.Dir, "kproxy.log"), c.Database, cmd)
+		if err == nil || !errors.Is(err, errExited) {
+			return p, err
+		}
+	}
+	return nil, err
+}
+
+// FloorRelayConfig says how to run floor-relay.
+type FloorRelayConfig struct {
+	// Bin is the floor-relay binary. Required.
+	Bin string
+	// Dir holds the log file. Required.
+	Dir string
+	// Primary is the primary's host:port; it must trust user postgres.
+	// Required.
+	Primary string
+	// Mode is "goroutine" or "epoll". Required.
+	Mode string
+	// PoolSize is the number of server connections. Required.
+	PoolSize int
+	// Database is the database of the server connections. Required.
+	Database string
+}
+
+// StartFloorRelay runs floor-relay on a free port and returns once it
+// serves SELECT 1. Its log is Dir/floor-relay.log.
+func StartFloorRelay(ctx context.Context, c FloorRelayConfig) (*Process, error) {
+	var err error
+	for range startTries {
+		var port int
+		if port, err = FreePort(); err != nil {
+			return nil, err
+		}
+		addr := "127.0.0.1:" + strconv.Itoa(port)
+		cmd := exec.Command(c.Bin, "-mode", c.Mode, "-listen", addr, "-backend", c.Primary,
+			"-database", c.Database, "-pool", strconv.Itoa(c.PoolSize))
+		cmd.Env = cleanEnv()
+		cmd.Dir = c.Dir
+		var p *Process
+		p, err = start(ctx, "floor-relay", addr, filepath.Join(c.Dir, "floor-relay.log"), c.Database, cmd)
 		if err == nil || !errors.Is(err, errExited) {
 			return p, err
 		}
