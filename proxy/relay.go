@@ -303,6 +303,10 @@ func (ss *session) dispatchLocked(t byte, msg []byte, flush bool) bool {
 		return true
 	}
 	sc := ss.server
+	// inline is set when this goroutine relays the answer (relayInline);
+	// until it does, or starts a server goroutine, the session's
+	// serverDone stays open.
+	var inline chan struct{}
 	if sc == nil {
 		switch {
 		case t == 'd' || t == 'c' || t == 'f' || t == 'H':
@@ -368,11 +372,16 @@ func (ss *session) dispatchLocked(t byte, msg []byte, flush bool) bool {
 			ss.wmu.Unlock()
 		}
 		ss.mu.Lock()
-		// The server goroutine starts under mu, so that what it reads
-		// first (an error the server sent before this transaction began,
-		// such as 57P01 on a connection terminated while idle) finds the
-		// transaction's routing and replay state set.
-		ss.attachLocked(sc)
+		if t == 'Q' && flush {
+			// Relayed by this goroutine once the Query is written.
+			inline = ss.attachIdleLocked(sc)
+		} else {
+			// The server goroutine starts under mu, so that what it reads
+			// first (an error the server sent before this transaction
+			// began, such as 57P01 on a connection terminated while idle)
+			// finds the transaction's routing and replay state set.
+			ss.attachLocked(sc)
+		}
 		ss.target = target
 		// A transaction replayed on the primary is there because it writes.
 		ss.wrote = ss.forcePrimary
@@ -390,8 +399,18 @@ func (ss *session) dispatchLocked(t byte, msg []byte, flush bool) bool {
 	}
 	if err := ss.planLocked(sc, t, msg); err != nil {
 		ss.mu.Unlock()
+		if inline != nil {
+			ss.srv.workers.Go(func() { ss.relayServer(sc, inline) })
+		}
 		ss.fail(err)
 		return false
+	}
+	if inline != nil && (len(ss.toServer) == 0 || !ss.awaitingLocked()) {
+		// Answered by kproxy (DEALLOCATE of a client statement): no
+		// answer is coming that this goroutine could wait for.
+		done := inline
+		ss.srv.workers.Go(func() { ss.relayServer(sc, done) })
+		inline = nil
 	}
 	if ss.replayOK {
 		if len(ss.replayLog)+len(msg) > maxReplayBytes {
@@ -424,7 +443,15 @@ func (ss *session) dispatchLocked(t byte, msg []byte, flush bool) bool {
 		err = sc.Flush()
 	}
 	ss.toServer, ss.toClient = toServer[:0], toClient[:0]
-	return ss.endWrite(err) && cerr == nil
+	ok := ss.endWrite(err) && cerr == nil
+	if inline != nil {
+		if ok {
+			ss.relayInline(sc, inline)
+		} else {
+			ss.srv.workers.Go(func() { ss.relayServer(sc, inline) })
+		}
+	}
+	return ok
 }
 
 // answerLocallyLocked answers, without a server connection, a client's
@@ -798,12 +825,42 @@ func (ss *session) noteErrorLocked(sc *pool.Conn, r *reply, msg []byte) {
 // client, following the reply queue, until the connection is detached, the
 // client leaves, or the server connection fails.
 func (ss *session) relayServer(sc *pool.Conn, done chan struct{}) {
+	ss.relay(sc, done, false)
+}
+
+// relayInline is relayServer run by the client goroutine itself, for a
+// simple Query that began a transaction and has nothing behind it: the
+// client waits for the answer, so nothing is lost by not reading it
+// meanwhile, and one goroutine handing the transaction to another costs
+// more than the rest of kproxy's work on it. As soon as the client may
+// have to send more before the server is done (COPY FROM STDIN, or a
+// ReadyForQuery that leaves the connection attached), the rest of the
+// relay moves to a goroutine of its own and relayInline returns.
+func (ss *session) relayInline(sc *pool.Conn, done chan struct{}) {
+	ss.mu.Lock()
+	ss.inlineSC = sc
+	ss.mu.Unlock()
+	ss.relay(sc, done, true)
+	ss.mu.Lock()
+	ss.inlineSC = nil
+	ss.mu.Unlock()
+}
+
+func (ss *session) relay(sc *pool.Conn, done chan struct{}, inline bool) {
+	handedOff := false
 	defer func() {
+		if handedOff {
+			return
+		}
 		close(done)
 		ss.mu.Lock()
 		ss.changed.Broadcast()
 		ss.mu.Unlock()
 	}()
+	handOff := func() {
+		handedOff = true
+		ss.srv.workers.Go(func() { ss.relayServer(sc, done) })
+	}
 	var post []byte
 	for {
 		t, msg, err := sc.Next()
@@ -838,6 +895,10 @@ func (ss *session) relayServer(sc *pool.Conn, done chan struct{}) {
 			if ss.writeClient(msg, sc.Buffered() == 0) != nil {
 				sc.MarkBroken()
 				ss.closeConn()
+				return
+			}
+			if inline && t == 'G' { // the client sends the data next
+				handOff()
 				return
 			}
 			continue
@@ -919,6 +980,10 @@ func (ss *session) relayServer(sc *pool.Conn, done chan struct{}) {
 			return
 		}
 		if !ss.readyForQueryLocked(sc, msg[5], &post) {
+			return
+		}
+		if inline { // still attached: the client goes on, and so must the relay
+			handOff()
 			return
 		}
 	}

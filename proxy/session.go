@@ -101,6 +101,7 @@ type session struct {
 	checkPins      bool            // guarded by mu
 	checking       chan struct{}   // guarded by mu
 	leaving        bool            // guarded by mu; the client is gone, relayServer must stop
+	inlineSC       *pool.Conn      // guarded by mu; the connection relayInline is relaying, if any
 	// writing is set while the client goroutine writes to the server; a
 	// detach that happens meanwhile leaves the release to it.
 	writing           bool       // guarded by mu
@@ -320,10 +321,18 @@ func (ss *session) attach(sc *pool.Conn) {
 // attachLocked is attach with mu held: the server goroutine waits for mu
 // before it acts on anything it reads.
 func (ss *session) attachLocked(sc *pool.Conn) {
+	done := ss.attachIdleLocked(sc)
+	ss.srv.workers.Go(func() { ss.relayServer(sc, done) })
+}
+
+// attachIdleLocked makes sc the session's server connection without
+// starting its relay, and returns the channel the relay must close when it
+// stops.
+func (ss *session) attachIdleLocked(sc *pool.Conn) chan struct{} {
 	done := make(chan struct{})
 	ss.server = sc
 	ss.serverDone = done
-	ss.srv.workers.Go(func() { ss.relayServer(sc, done) })
+	return done
 }
 
 // cancelRunning forwards a cancel request to the server connection if the
@@ -385,6 +394,16 @@ func (ss *session) kill(err error) {
 func (ss *session) closeConn() {
 	ss.unpark()
 	_ = ss.nc.Close()
+	ss.mu.Lock()
+	if sc := ss.inlineSC; sc != nil && ss.server == sc {
+		// The client goroutine is relaying (relayInline): it would not
+		// notice the client is gone before the server answers. Stop its
+		// read as close stops a server goroutine's; close then decides
+		// what becomes of the connection.
+		ss.leaving = true
+		_ = sc.SetReadDeadline(time.Now())
+	}
+	ss.mu.Unlock()
 }
 
 // close gives the server connection back and forgets the session. It is
