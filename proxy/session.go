@@ -38,6 +38,13 @@ const (
 // open and no pin. All state that decides detaching is guarded by mu, and
 // the client goroutine updates it before forwarding, so the server
 // goroutine can never detach a connection a message is on its way to.
+//
+// One case needs no second goroutine: a simple Query that starts a
+// transaction in transaction mode, with nothing behind it from the client.
+// The client goroutine then relays the answer itself (relayInline) and
+// hands the relay to a server goroutine only if the connection stays
+// attached or the server starts a COPY FROM STDIN. Server goroutines come
+// from Server.workers, which keeps them between transactions.
 type session struct {
 	srv      *Server
 	nc       net.Conn

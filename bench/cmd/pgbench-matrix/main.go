@@ -6,7 +6,7 @@
 // Usage:
 //
 //	go run ./bench/cmd/pgbench-matrix          # quick mode, a few minutes
-//	go run ./bench/cmd/pgbench-matrix -full    # every scenario, about 90 minutes
+//	go run ./bench/cmd/pgbench-matrix -full    # every scenario, about 2 hours
 //
 // bench/README.md explains what it measures and how to read the results.
 package main
