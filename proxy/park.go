@@ -124,6 +124,11 @@ func (ss *session) parkNow() bool {
 	if !ss.rd.Release() {
 		return false // part of a message came: read the rest
 	}
+	ss.mu.Lock()
+	if len(ss.replies) == 0 { // nothing owed: the queue's array goes too
+		ss.replies, ss.replyBuf = nil, nil
+	}
+	ss.mu.Unlock()
 	ss.srv.wg.Add(1) // for the goroutine resume starts
 	ss.parkMu.Lock()
 	ss.park.Store(parkParked)

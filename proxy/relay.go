@@ -400,7 +400,7 @@ func (ss *session) dispatchLocked(t byte, msg []byte, flush bool) bool {
 	if err := ss.planLocked(sc, t, msg); err != nil {
 		ss.mu.Unlock()
 		if inline != nil {
-			ss.srv.workers.Go(func() { ss.relayServer(sc, inline) })
+			ss.startRelay(sc, inline)
 		}
 		ss.fail(err)
 		return false
@@ -408,8 +408,7 @@ func (ss *session) dispatchLocked(t byte, msg []byte, flush bool) bool {
 	if inline != nil && (len(ss.toServer) == 0 || !ss.awaitingLocked()) {
 		// Answered by kproxy (DEALLOCATE of a client statement): no
 		// answer is coming that this goroutine could wait for.
-		done := inline
-		ss.srv.workers.Go(func() { ss.relayServer(sc, done) })
+		ss.startRelay(sc, inline)
 		inline = nil
 	}
 	if ss.replayOK {
@@ -448,7 +447,7 @@ func (ss *session) dispatchLocked(t byte, msg []byte, flush bool) bool {
 		if ok {
 			ss.relayInline(sc, inline)
 		} else {
-			ss.srv.workers.Go(func() { ss.relayServer(sc, inline) })
+			ss.startRelay(sc, inline)
 		}
 	}
 	return ok
@@ -717,7 +716,12 @@ func (ss *session) popLocked(n int) {
 	clear(ss.replies[:n])
 	ss.replies = ss.replies[n:]
 	if len(ss.replies) == 0 {
-		ss.replies = ss.replies[:0:0]
+		// Start again at the front of the session's own array; a longer
+		// queue than it holds moved to an array of its own, now dropped.
+		if ss.replyBuf == nil {
+			ss.replyBuf = make([]reply, 0, 4)
+		}
+		ss.replies = ss.replyBuf[:0]
 		ss.changed.Broadcast()
 	}
 }
@@ -859,7 +863,7 @@ func (ss *session) relay(sc *pool.Conn, done chan struct{}, inline bool) {
 	}()
 	handOff := func() {
 		handedOff = true
-		ss.srv.workers.Go(func() { ss.relayServer(sc, done) })
+		ss.startRelay(sc, done)
 	}
 	var post []byte
 	for {

@@ -88,6 +88,7 @@ type session struct {
 	// replies lists, in order, what the server owes for the messages sent
 	// to it and the responses kproxy must make up in between.
 	replies  []reply // guarded by mu
+	replyBuf []reply // the array replies starts in whenever it is emptied
 	inBatch  bool    // guarded by mu; extended-protocol messages sent since the last Sync
 	txStatus byte    // guarded by mu; from the last ReadyForQuery
 	// stmts maps the client's named statements to server statements
@@ -328,8 +329,13 @@ func (ss *session) attach(sc *pool.Conn) {
 // attachLocked is attach with mu held: the server goroutine waits for mu
 // before it acts on anything it reads.
 func (ss *session) attachLocked(sc *pool.Conn) {
-	done := ss.attachIdleLocked(sc)
-	ss.srv.workers.Go(func() { ss.relayServer(sc, done) })
+	ss.startRelay(sc, ss.attachIdleLocked(sc))
+}
+
+// startRelay starts the server goroutine of sc, which closes done when it
+// stops.
+func (ss *session) startRelay(sc *pool.Conn, done chan struct{}) {
+	ss.srv.workers.Go(relayJob{ss: ss, sc: sc, done: done})
 }
 
 // attachIdleLocked makes sc the session's server connection without

@@ -58,6 +58,11 @@ type Reader struct {
 	// interrupted; big holds its first bytes.
 	pendType  byte
 	pendTotal int
+	// readRaw, bound once, and what it read last: an idle reader's read
+	// allocates nothing.
+	rawFn  func(fd uintptr) bool
+	rawN   int
+	rawErr error
 }
 
 // bufPools holds idle readers' buffers, by size: a bounded free list,
@@ -104,7 +109,9 @@ func NewReader(r io.Reader, bufBytes, maxBytes int) *Reader {
 // Next takes one again. It waits for the socket to be readable through raw
 // (from syscall.Conn), and reads with one system call once it is.
 func NewIdleReader(r io.Reader, raw syscall.RawConn, bufBytes, maxBytes int) *Reader {
-	return &Reader{src: r, raw: raw, size: bufBytes, max: maxBytes}
+	rd := &Reader{src: r, raw: raw, size: bufBytes, max: maxBytes}
+	rd.rawFn = rd.readRaw
+	return rd
 }
 
 // Release gives an idle reader's buffers back when nothing of a next frame
@@ -134,20 +141,9 @@ func (r *Reader) read() (int, error) {
 	if r.raw == nil || r.w > r.r {
 		return r.src.Read(r.b[r.w:])
 	}
-	var n int
-	var rerr error
-	err := r.raw.Read(func(fd uintptr) bool {
-		for {
-			n, rerr = syscall.Read(int(fd), r.b[r.w:])
-			if rerr != syscall.EINTR {
-				break
-			}
-		}
-		if rerr == syscall.EAGAIN {
-			return false
-		}
-		return true
-	})
+	err := r.raw.Read(r.rawFn)
+	n, rerr := r.rawN, r.rawErr
+	r.rawErr = nil
 	switch {
 	case err != nil:
 		return 0, err
@@ -157,6 +153,19 @@ func (r *Reader) read() (int, error) {
 		return 0, io.EOF
 	}
 	return n, nil
+}
+
+// readRaw is the function an idle reader's read gives its RawConn: it
+// reads into b[w:], and asks to wait for the socket while there is
+// nothing to read.
+func (r *Reader) readRaw(fd uintptr) bool {
+	for {
+		r.rawN, r.rawErr = syscall.Read(int(fd), r.b[r.w:])
+		if r.rawErr != syscall.EINTR {
+			break
+		}
+	}
+	return r.rawErr != syscall.EAGAIN
 }
 
 // fill makes at least need bytes (need <= size) available in b[r:w].
@@ -305,8 +314,26 @@ func noEOF(err error) error {
 	return err
 }
 
-// ReadyForQuery returns the frame of a ReadyForQuery message with status st.
-func ReadyForQuery(st byte) []byte { return []byte{'Z', 0, 0, 0, 5, st} }
+// ReadyForQuery returns the frame of a ReadyForQuery message with status
+// st. The caller must not modify it.
+func ReadyForQuery(st byte) []byte {
+	switch st {
+	case TxIdle:
+		return rfqIdle[:6:6]
+	case TxActive:
+		return rfqActive[:6:6]
+	case TxFailed:
+		return rfqFailed[:6:6]
+	}
+	return []byte{'Z', 0, 0, 0, 5, st}
+}
+
+// The usual ReadyForQuery frames, shared by every caller.
+var (
+	rfqIdle   = []byte{'Z', 0, 0, 0, 5, TxIdle}
+	rfqActive = []byte{'Z', 0, 0, 0, 5, TxActive}
+	rfqFailed = []byte{'Z', 0, 0, 0, 5, TxFailed}
+)
 
 // Transaction states carried by ReadyForQuery.
 const (
