@@ -200,6 +200,10 @@ func (ss *session) handle(t byte, msg []byte) bool {
 		// A write pipelined behind reads running on a replica: once the
 		// replica has answered them, the write is routed afresh. What
 		// was sent without a flush (more was coming) goes out first.
+		if done := ss.pendingRelay; done != nil {
+			ss.pendingRelay = nil // the replica's answers must flow now
+			ss.startRelay(ss.server, done)
+		}
 		if !flushed {
 			flushed = true
 			if !ss.flushServerLocked() {
@@ -299,14 +303,12 @@ func (ss *session) writeBehindReplicaReadsLocked(t byte, msg []byte) bool {
 // take it. It unlocks mu. flush says no further client message is waiting.
 func (ss *session) dispatchLocked(t byte, msg []byte, flush bool) bool {
 	if ss.skipping && t != 'S' {
+		sc := ss.server
 		ss.mu.Unlock()
+		ss.settleRelay(sc, flush, true, false, 0)
 		return true
 	}
 	sc := ss.server
-	// inline is set when this goroutine relays the answer (relayInline);
-	// until it does, or starts a server goroutine, the session's
-	// serverDone stays open.
-	var inline chan struct{}
 	if sc == nil {
 		switch {
 		case t == 'd' || t == 'c' || t == 'f' || t == 'H':
@@ -372,16 +374,13 @@ func (ss *session) dispatchLocked(t byte, msg []byte, flush bool) bool {
 			ss.wmu.Unlock()
 		}
 		ss.mu.Lock()
-		if t == 'Q' && flush {
-			// Relayed by this goroutine once the Query is written.
-			inline = ss.attachIdleLocked(sc)
-		} else {
-			// The server goroutine starts under mu, so that what it reads
-			// first (an error the server sent before this transaction
-			// began, such as 57P01 on a connection terminated while idle)
-			// finds the transaction's routing and replay state set.
-			ss.attachLocked(sc)
-		}
+		// The relay starts once the client's batch is written (see
+		// settleRelay), so that what it reads first (an error the server
+		// sent before this transaction began, such as 57P01 on a
+		// connection terminated while idle) finds the transaction's
+		// routing and replay state set.
+		ss.pendingRelay = ss.attachIdleLocked(sc)
+		ss.pendingBytes = 0
 		ss.target = target
 		// A transaction replayed on the primary is there because it writes.
 		ss.wrote = ss.forcePrimary
@@ -399,18 +398,11 @@ func (ss *session) dispatchLocked(t byte, msg []byte, flush bool) bool {
 	}
 	if err := ss.planLocked(sc, t, msg); err != nil {
 		ss.mu.Unlock()
-		if inline != nil {
-			ss.startRelay(sc, inline)
-		}
+		ss.settleRelay(sc, true, false, false, 0)
 		ss.fail(err)
 		return false
 	}
-	if inline != nil && (len(ss.toServer) == 0 || !ss.awaitingLocked()) {
-		// Answered by kproxy (DEALLOCATE of a client statement): no
-		// answer is coming that this goroutine could wait for.
-		ss.startRelay(sc, inline)
-		inline = nil
-	}
+	answer := ss.pendingRelay != nil && len(ss.toServer) > 0 && ss.awaitingLocked()
 	if ss.replayOK {
 		if len(ss.replayLog)+len(msg) > maxReplayBytes {
 			ss.replayOK = false
@@ -443,14 +435,51 @@ func (ss *session) dispatchLocked(t byte, msg []byte, flush bool) bool {
 	}
 	ss.toServer, ss.toClient = toServer[:0], toClient[:0]
 	ok := ss.endWrite(err) && cerr == nil
-	if inline != nil {
-		if ok {
-			ss.relayInline(sc, inline)
-		} else {
-			ss.startRelay(sc, inline)
-		}
-	}
+	ss.settleRelay(sc, flush, ok, answer, len(toServer))
 	return ok
+}
+
+// maxPendingRelayBytes bounds what the client goroutine writes to a server
+// connection before its relay starts: well under a socket buffer, so that
+// a server that stops reading because nobody reads its answers cannot
+// block the write.
+const maxPendingRelayBytes = 32 << 10
+
+// settleRelay decides, after a client message is written to sc, what
+// becomes of a relay the session has not started (pendingRelay). When the
+// client has sent everything it had (flush) and the server owes an answer
+// (answer), this goroutine relays it (relayInline). When the client waits
+// for something else, the session ends (not ok) or the batch grows past
+// maxPendingRelayBytes, a server goroutine starts. Otherwise the client's
+// next message is already here and the relay waits for it. Only the client
+// goroutine calls it; mu must not be held.
+func (ss *session) settleRelay(sc *pool.Conn, flush, ok, answer bool, wrote int) {
+	done := ss.pendingRelay
+	if done == nil {
+		return
+	}
+	ss.pendingBytes += wrote
+	switch {
+	case ok && flush && answer:
+		ss.pendingRelay = nil
+		ss.relayInline(sc, done)
+	case !ok || flush || ss.pendingBytes > maxPendingRelayBytes:
+		ss.pendingRelay = nil
+		ss.startRelay(sc, done)
+	}
+}
+
+// startPendingRelay starts the relay settleRelay left waiting, before the
+// client goroutine waits on it or the session ends. Only the client
+// goroutine calls it.
+func (ss *session) startPendingRelay() {
+	if done := ss.pendingRelay; done != nil {
+		ss.pendingRelay = nil
+		ss.mu.Lock()
+		sc := ss.server
+		ss.mu.Unlock()
+		ss.startRelay(sc, done)
+	}
 }
 
 // answerLocallyLocked answers, without a server connection, a client's
@@ -832,11 +861,11 @@ func (ss *session) relayServer(sc *pool.Conn, done chan struct{}) {
 	ss.relay(sc, done, false)
 }
 
-// relayInline is relayServer run by the client goroutine itself, for a
-// simple Query that began a transaction and has nothing behind it: the
-// client waits for the answer, so nothing is lost by not reading it
-// meanwhile, and one goroutine handing the transaction to another costs
-// more than the rest of kproxy's work on it. As soon as the client may
+// relayInline is relayServer run by the client goroutine itself, once the
+// client has sent a transaction's first batch (up to a Query or a Sync)
+// and nothing behind it: the client waits for the answer, so nothing is
+// lost by not reading it meanwhile, and one goroutine handing the
+// transaction to another costs more than the rest of kproxy's work on it. As soon as the client may
 // have to send more before the server is done (COPY FROM STDIN, or a
 // ReadyForQuery that leaves the connection attached), the rest of the
 // relay moves to a goroutine of its own and relayInline returns.

@@ -39,11 +39,11 @@ const (
 // the client goroutine updates it before forwarding, so the server
 // goroutine can never detach a connection a message is on its way to.
 //
-// One case needs no second goroutine: a simple Query that starts a
-// transaction in transaction mode, with nothing behind it from the client.
-// The client goroutine then relays the answer itself (relayInline) and
-// hands the relay to a server goroutine only if the connection stays
-// attached or the server starts a COPY FROM STDIN. Server goroutines come
+// Most transactions in transaction mode need no second goroutine: when the
+// client's first batch (up to a Query or a Sync) is written with nothing
+// behind it, the client goroutine relays the answer itself (relayInline)
+// and hands the relay to a server goroutine only if the connection stays
+// attached or the server starts a COPY FROM STDIN (see settleRelay). Server goroutines come
 // from Server.workers, which keeps them between transactions.
 type session struct {
 	srv      *Server
@@ -110,6 +110,11 @@ type session struct {
 	checking       chan struct{}   // guarded by mu
 	leaving        bool            // guarded by mu; the client is gone, relayServer must stop
 	inlineSC       *pool.Conn      // guarded by mu; the connection relayInline is relaying, if any
+	// pendingRelay is the done channel of an attached connection whose
+	// relay has not started yet, and pendingBytes what was written to it
+	// meanwhile (see settleRelay). Only the client goroutine uses them.
+	pendingRelay chan struct{}
+	pendingBytes int
 	// writing is set while the client goroutine writes to the server; a
 	// detach that happens meanwhile leaves the release to it.
 	writing           bool       // guarded by mu
@@ -422,6 +427,7 @@ func (ss *session) closeConn() {
 // close gives the server connection back and forgets the session. It is
 // called once, by run, when the client is gone.
 func (ss *session) close() {
+	ss.startPendingRelay() // it closes serverDone, which close waits for
 	ss.mu.Lock()
 	if ss.closed {
 		ss.mu.Unlock()
