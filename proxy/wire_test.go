@@ -56,6 +56,18 @@ type wireStep struct {
 
 func wireSend(msgs ...pgproto3.FrontendMessage) wireStep { return wireStep{send: msgs} }
 
+// bigBatch is n statements of about 4 KB, each answered with a 30,000-byte
+// row and its length, then one Sync.
+func bigBatch(n int) []pgproto3.FrontendMessage {
+	var msgs []pgproto3.FrontendMessage
+	pad := strings.Repeat("p", 4000)
+	for i := range n {
+		sql := fmt.Sprintf("SELECT %d AS i, length(repeat('x', 30000)), repeat('x', 30000) /* %s */", i, pad)
+		msgs = append(msgs, msgParse("", sql), msgBind("", ""), msgExecute("", 0))
+	}
+	return append(msgs, msgSync)
+}
+
 func wireSendUntil(until string, msgs ...pgproto3.FrontendMessage) wireStep {
 	return wireStep{send: msgs, until: until}
 }
@@ -366,6 +378,14 @@ var wireScripts = []wireScript{
 			wireSend(msgQuery("SELECT length('" + strings.Repeat("x", 100000) + "')")),
 			wireSend(msgQuery("SELECT g, repeat('y', 300) FROM generate_series(1, 300) g")),
 		},
+	},
+	{
+		// More than kproxy writes to a server connection before it starts
+		// reading the answers (maxPendingRelayBytes), with answers bigger
+		// still.
+		name:  "a pipelined batch of 200 KB, with 1.5 MB of answers, in one write",
+		shows: "DataRow [\"49\" \"30000\"",
+		steps: []wireStep{wireSend(bigBatch(50)...)},
 	},
 	{
 		name:  "LISTEN and NOTIFY to oneself delivers the notification",
