@@ -40,6 +40,19 @@
 // while that state exists. The client goroutine waits while the read-back
 // runs, so nothing else is on the connection meanwhile.
 //
+// # Goroutines
+//
+// Each client has a goroutine that reads its messages. While a server
+// connection is attached, the server's answers are relayed either by that
+// same goroutine, when the client has sent a whole batch (up to a Query or
+// a Sync) and waits for the answer, which is the common case in
+// transaction mode, or by a server goroutine taken from a set kept between
+// transactions (workers.go), when the connection stays attached (session
+// mode, an open transaction) or the client has more to send (COPY FROM
+// STDIN). Handing each transaction from one goroutine to another cost more
+// CPU than the rest of kproxy's work on it; bench/cmd/floor-relay measures
+// what the goroutine-per-client design itself costs.
+//
 // # Idle clients
 //
 // A client that has sent nothing for 0.5 to 1 s is parked (park.go): its
