@@ -142,20 +142,24 @@ func (s *Server) consoleCommand(out []byte, cmd string) ([]byte, error) {
 				Hint:    "try SHOW POOLS, STATS, SERVERS, CLIENTS, DATABASES, CONFIG, LISTS or VERSION"}
 		}
 		return encodeConsoleRows(out, consoleColumns[words[1]], rows), nil
-	case "pause":
+	case "pause", "resume":
 		if len(words) > 2 {
 			return out, consoleSyntax(cmd)
 		}
-		if err := s.Pause(context.Background()); err != nil {
+		db := ""
+		if len(words) == 2 {
+			db = words[1]
+		}
+		var err error
+		if words[0] == "pause" {
+			err = s.Pause(context.Background(), db)
+		} else {
+			err = s.Resume(db)
+		}
+		if err != nil {
 			return out, err
 		}
-		return commandComplete(out, "PAUSE"), nil
-	case "resume":
-		if len(words) > 2 {
-			return out, consoleSyntax(cmd)
-		}
-		s.Resume()
-		return commandComplete(out, "RESUME"), nil
+		return commandComplete(out, strings.ToUpper(words[0])), nil
 	case "reload":
 		if len(words) != 1 {
 			return out, consoleSyntax(cmd)
@@ -170,7 +174,7 @@ func (s *Server) consoleCommand(out []byte, cmd string) ([]byte, error) {
 
 func consoleSyntax(cmd string) error {
 	return &Error{Severity: severityError, Code: "42601", Message: fmt.Sprintf("unknown admin console command: %s", cmd),
-		Hint: "the console knows SHOW, PAUSE, RESUME and RELOAD"}
+		Hint: "the console knows SHOW, PAUSE [db], RESUME [db] and RELOAD"}
 }
 
 func commandComplete(out []byte, tag string) []byte {
@@ -394,12 +398,12 @@ func (s *Server) databaseRows(cfg *config.Config) []consoleRow {
 		sorted = append(sorted, n)
 	}
 	sort.Strings(sorted)
-	paused := "0"
-	if s.paused.Load() {
-		paused = "1"
-	}
 	rows := make([]consoleRow, 0, len(sorted))
 	for _, n := range sorted {
+		paused := "0"
+		if s.pausedDB(n) {
+			paused = "1"
+		}
 		p := cfg.PoolFor(n, "")
 		rows = append(rows, consoleRow{"name": n, "host": cfg.Primary.Host, "port": itoa(cfg.Primary.Port),
 			"database": cfg.BackendDatabase(n), "pool_size": itoa(p.MaxConnections), "min_pool_size": itoa(p.MinConnections),
@@ -441,19 +445,29 @@ func configRows(cfg *config.Config) []consoleRow {
 	return rows
 }
 
-// Pause makes new transactions wait, and returns once no client holds a
-// server connection (every open transaction has ended), or with an error
-// after the shutdown timeout. Session-mode clients hold theirs until they
-// leave.
-func (s *Server) Pause(ctx context.Context) error {
+// Pause makes new transactions of database db wait ("" for every
+// database), and returns once no client of it holds a server connection
+// (every open transaction has ended), or with an error after the shutdown
+// timeout. Session-mode clients hold theirs until they leave.
+func (s *Server) Pause(ctx context.Context, db string) error {
+	s.pauseMu.Lock()
+	if db == "" {
+		s.pausedAll = true
+	} else {
+		if s.pausedDBs == nil {
+			s.pausedDBs = map[string]bool{}
+		}
+		s.pausedDBs[db] = true
+	}
 	s.paused.Store(true)
-	s.log.Info("paused: new transactions wait")
+	s.pauseMu.Unlock()
+	s.log.Info("paused: new transactions wait", zap.String("database", db))
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Load().ShutdownTimeout)
 	defer cancel()
 	for {
 		busy := 0
 		for _, cs := range s.Stats().ClientList {
-			if cs.ServerPID != 0 {
+			if cs.ServerPID != 0 && (db == "" || cs.Database == db) {
 				busy++
 			}
 		}
@@ -469,19 +483,43 @@ func (s *Server) Pause(ctx context.Context) error {
 	}
 }
 
-// Resume lets waiting transactions go on.
-func (s *Server) Resume() {
+// Resume lets the waiting transactions of database db go on ("" for every
+// database, whatever PAUSE held back). A database cannot be resumed alone
+// while every database is paused, nor when it is not paused.
+func (s *Server) Resume(db string) error {
 	s.pauseMu.Lock()
-	s.paused.Store(false)
+	defer s.pauseMu.Unlock()
+	switch {
+	case db == "":
+		s.pausedAll = false
+		clear(s.pausedDBs)
+	case s.pausedAll:
+		return &Error{Severity: severityError, Code: codeObjectNotInPrerequisiteState,
+			Message: fmt.Sprintf("cannot resume database %q alone: every database is paused", db),
+			Hint:    "RESUME without a database resumes them all"}
+	case !s.pausedDBs[db]:
+		return &Error{Severity: severityError, Code: codeObjectNotInPrerequisiteState,
+			Message: fmt.Sprintf("database %q is not paused", db)}
+	default:
+		delete(s.pausedDBs, db)
+	}
+	s.paused.Store(s.pausedAll || len(s.pausedDBs) > 0)
 	s.pauseCond.Broadcast()
-	s.pauseMu.Unlock()
-	s.log.Info("resumed")
+	s.log.Info("resumed", zap.String("database", db))
+	return nil
 }
 
-// waitUnpaused blocks while kproxy is paused.
-func (s *Server) waitUnpaused() {
+// pausedDB reports whether new transactions of database db wait.
+func (s *Server) pausedDB(db string) bool {
 	s.pauseMu.Lock()
-	for s.paused.Load() {
+	defer s.pauseMu.Unlock()
+	return s.pausedAll || s.pausedDBs[db]
+}
+
+// waitUnpaused blocks while database db is paused.
+func (s *Server) waitUnpaused(db string) {
+	s.pauseMu.Lock()
+	for s.pausedAll || s.pausedDBs[db] {
 		s.pauseCond.Wait()
 	}
 	s.pauseMu.Unlock()

@@ -15,22 +15,23 @@ import (
 
 // SQLSTATE codes kproxy itself reports.
 const (
-	codeConnectionFailure   = "08006" // backend unreachable or lost
-	codeProtocolViolation   = "08P01" // malformed or unexpected client input
-	codeTooManyConnections  = "53300" // pool acquire timeout
-	codeInvalidPassword     = "28P01" // authentication failed
-	codeInvalidAuthSpec     = "28000" // no user name, unsupported auth
-	codeFeatureUnsupported  = "0A000" // e.g. replication connections
-	codeAdminShutdown       = "57P01" // kproxy is draining
-	codeInternalError       = "XX000" // a kproxy bug
-	codeInvalidCatalogName  = "3D000" // unknown database
-	codeQueryCanceled       = "57014"
-	codeReadOnlyTransaction = "25006" // a replica refused a write
-	codeCrashShutdown       = "57P02" // a server's postmaster died
-	codeCannotConnectNow    = "57P03" // a server is starting or stopping
-	severityError           = "ERROR"
-	severityFatal           = "FATAL"
-	messageConnectionFailed = "could not connect to the server"
+	codeConnectionFailure            = "08006" // backend unreachable or lost
+	codeProtocolViolation            = "08P01" // malformed or unexpected client input
+	codeTooManyConnections           = "53300" // pool acquire timeout
+	codeInvalidPassword              = "28P01" // authentication failed
+	codeInvalidAuthSpec              = "28000" // no user name, unsupported auth
+	codeFeatureUnsupported           = "0A000" // e.g. replication connections
+	codeAdminShutdown                = "57P01" // kproxy is draining
+	codeInternalError                = "XX000" // a kproxy bug
+	codeInvalidCatalogName           = "3D000" // unknown database
+	codeQueryCanceled                = "57014"
+	codeReadOnlyTransaction          = "25006" // a replica refused a write
+	codeCrashShutdown                = "57P02" // a server's postmaster died
+	codeCannotConnectNow             = "57P03" // a server is starting or stopping
+	codeObjectNotInPrerequisiteState = "55000" // e.g. RESUME of a database that is not paused
+	severityError                    = "ERROR"
+	severityFatal                    = "FATAL"
+	messageConnectionFailed          = "could not connect to the server"
 )
 
 // Error is an error kproxy reports to a client as an ErrorResponse.

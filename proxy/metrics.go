@@ -61,7 +61,7 @@ func (s *Server) writeMetrics(w io.Writer) {
 	m.sample("kproxy_connections_accepted_total", "counter", "Client connections accepted.", nil, float64(st.Accepted))
 	m.sample("kproxy_logins_failed_total", "counter", "Client logins that failed.", nil, float64(st.LoginsFailed))
 	m.sample("kproxy_cancel_requests_total", "counter", "Cancel requests forwarded.", nil, float64(st.CancelsForwarded))
-	m.sample("kproxy_paused", "gauge", "1 while PAUSE holds new transactions back.", nil, b2f(s.paused.Load()))
+	m.sample("kproxy_paused", "gauge", "1 while PAUSE holds new transactions of any database back.", nil, b2f(s.paused.Load()))
 	pins := make([]string, 0, len(st.PinnedClients))
 	for k := range st.PinnedClients {
 		pins = append(pins, k)

@@ -182,7 +182,7 @@ func (ss *session) handle(t byte, msg []byte) bool {
 		attached := ss.server != nil
 		ss.mu.Unlock()
 		if !attached {
-			ss.srv.waitUnpaused()
+			ss.srv.waitUnpaused(ss.database)
 		}
 	}
 	ss.mu.Lock()

@@ -39,11 +39,14 @@ type Server struct {
 	stopRefresh chan struct{}
 	refreshDone chan struct{}
 
-	// paused is set by PAUSE on the admin console: new transactions wait
-	// on pauseCond until RESUME. reloader is what RELOAD runs.
+	// paused is set while PAUSE on the admin console holds back new
+	// transactions of every database (pausedAll) or of some (pausedDBs);
+	// they wait on pauseCond until RESUME. reloader is what RELOAD runs.
 	paused    atomic.Bool
 	pauseMu   sync.Mutex
 	pauseCond *sync.Cond
+	pausedAll bool            // guarded by pauseMu
+	pausedDBs map[string]bool // guarded by pauseMu
 	reloader  atomic.Pointer[func() error]
 
 	mu        sync.Mutex
@@ -245,7 +248,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	if s.paused.Load() {
-		s.Resume() // a paused client would wait forever
+		_ = s.Resume("") // a paused client would wait forever
 	}
 
 	for _, ss := range sessions {
