@@ -513,13 +513,15 @@ func (s *Server) Resume(db string) error {
 func (s *Server) pausedDB(db string) bool {
 	s.pauseMu.Lock()
 	defer s.pauseMu.Unlock()
-	return s.pausedAll || s.pausedDBs[db]
+	return s.pausedDBLocked(db)
 }
+
+func (s *Server) pausedDBLocked(db string) bool { return s.pausedAll || s.pausedDBs[db] }
 
 // waitUnpaused blocks while database db is paused.
 func (s *Server) waitUnpaused(db string) {
 	s.pauseMu.Lock()
-	for s.pausedAll || s.pausedDBs[db] {
+	for s.pausedDBLocked(db) {
 		s.pauseCond.Wait()
 	}
 	s.pauseMu.Unlock()

@@ -101,40 +101,118 @@ func TestPsqlReadsTheAdminConsole(t *testing.T) {
 	_ = out
 }
 
-func TestPauseHoldsNewTransactionsUntilResume(t *testing.T) {
-	p := startProxy(t, transactionMode(4))
-	ctx := context.Background()
-	conn := connect(t, p.DSN("postgres", "postgres", ""), pgx.QueryExecModeSimpleProtocol)
-	console, err := pgconn.Connect(ctx, p.DSN("postgres", "kproxy", ""))
+// consoleConn connects to the admin console of p, until the test ends.
+func consoleConn(t *testing.T, p *testProxy) *pgconn.PgConn {
+	t.Helper()
+	console, err := pgconn.Connect(context.Background(), p.DSN("postgres", "kproxy", ""))
 	require.NoError(t, err)
-	defer console.Close(ctx)
+	t.Cleanup(func() { console.Close(context.Background()) })
+	return console
+}
 
-	_, err = console.Exec(ctx, "PAUSE").ReadAll()
-	require.NoError(t, err)
+// execBehind runs sql on conn in the background; its error arrives on the
+// channel.
+func execBehind(ctx context.Context, conn *pgx.Conn, sql string) <-chan error {
 	done := make(chan error, 1)
 	go func() {
-		_, err := conn.Exec(ctx, "SELECT 1")
+		_, err := conn.Exec(ctx, sql)
 		done <- err
 	}()
+	return done
+}
+
+// requireHeld fails if what done reports arrives within 300 ms.
+func requireHeld(t *testing.T, done <-chan error) {
+	t.Helper()
 	select {
 	case err := <-done:
 		t.Fatalf("a transaction ran while paused (err %v)", err)
 	case <-time.After(300 * time.Millisecond):
 	}
-	_, rows := consoleShow(t, p, "databases")
-	require.NotEmpty(t, rows)
-	_, err = console.Exec(ctx, "RESUME").ReadAll()
-	require.NoError(t, err)
+}
+
+// requireRuns fails unless done reports success within 5 s.
+func requireRuns(t *testing.T, done <-chan error, after string) {
+	t.Helper()
 	select {
 	case err := <-done:
 		require.NoError(t, err)
 	case <-time.After(5 * time.Second):
-		t.Fatal("the transaction did not run after RESUME")
+		t.Fatalf("the transaction did not run after %s", after)
 	}
+}
+
+func TestPauseHoldsNewTransactionsUntilResume(t *testing.T) {
+	p := startProxy(t, transactionMode(4))
+	ctx := context.Background()
+	conn := connect(t, p.DSN("postgres", "postgres", ""), pgx.QueryExecModeSimpleProtocol)
+	console := consoleConn(t, p)
+
+	_, err := console.Exec(ctx, "PAUSE").ReadAll()
+	require.NoError(t, err)
+	done := execBehind(ctx, conn, "SELECT 1")
+	requireHeld(t, done)
+	_, rows := consoleShow(t, p, "databases")
+	require.NotEmpty(t, rows)
+	_, err = console.Exec(ctx, "RESUME").ReadAll()
+	require.NoError(t, err)
+	requireRuns(t, done, "RESUME")
 	_, err = console.Exec(ctx, "RELOAD").ReadAll()
 	var pe *pgconn.PgError
 	require.ErrorAs(t, err, &pe, "no configuration file in this test")
 	assert.Equal(t, "F0000", pe.Code)
+}
+
+// PAUSE db holds back that database's transactions only, as PgBouncer's
+// does; RESUME db lets them go on.
+func TestPauseOfOneDatabaseHoldsOnlyItsTransactions(t *testing.T) {
+	ctx := context.Background()
+	admin := connect(t, directDSN("postgres", "postgres", ""), pgx.QueryExecModeExec)
+	if _, err := admin.Exec(ctx, "CREATE DATABASE kproxy_pause"); err != nil {
+		var pe *pgconn.PgError
+		require.ErrorAs(t, err, &pe)
+		require.Equal(t, "42P04", pe.Code, "creating the second database")
+	}
+	p := startProxy(t, transactionMode(4))
+	other := connect(t, p.DSN("postgres", "kproxy_pause", ""), pgx.QueryExecModeSimpleProtocol)
+	conn := connect(t, p.DSN("postgres", "postgres", ""), pgx.QueryExecModeSimpleProtocol)
+	console := consoleConn(t, p)
+
+	_, err := console.Exec(ctx, "PAUSE kproxy_pause").ReadAll()
+	require.NoError(t, err)
+	done := execBehind(ctx, other, "SELECT 1")
+	// The other database's transactions run meanwhile.
+	bounded, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err = conn.Exec(bounded, "SELECT 1")
+	require.NoError(t, err, "a transaction of a database that is not paused waited")
+	requireHeld(t, done)
+	names, rows := consoleShow(t, p, "databases")
+	name, paused := slices.Index(names, "name"), slices.Index(names, "paused")
+	require.True(t, name >= 0 && paused >= 0, "SHOW DATABASES columns: %v", names)
+	pausedOf := map[string]string{}
+	for _, r := range rows {
+		pausedOf[r[name]] = r[paused]
+	}
+	assert.Equal(t, "1", pausedOf["kproxy_pause"])
+	assert.Equal(t, "0", pausedOf["postgres"])
+
+	// RESUME of a database that is not paused is refused.
+	_, err = console.Exec(ctx, "RESUME postgres").ReadAll()
+	requireSQLState(t, err, "55000")
+	_, err = console.Exec(ctx, "RESUME kproxy_pause").ReadAll()
+	require.NoError(t, err)
+	requireRuns(t, done, "RESUME kproxy_pause")
+
+	// With every database paused, one cannot be resumed alone.
+	_, err = console.Exec(ctx, "PAUSE").ReadAll()
+	require.NoError(t, err)
+	_, err = console.Exec(ctx, "RESUME kproxy_pause").ReadAll()
+	requireSQLState(t, err, "55000")
+	_, err = console.Exec(ctx, "RESUME").ReadAll()
+	require.NoError(t, err)
+	_, err = other.Exec(ctx, "SELECT 1")
+	require.NoError(t, err)
 }
 
 func TestMetricsAreServedInPrometheusFormat(t *testing.T) {
@@ -183,71 +261,4 @@ func TestMetricsAreServedInPrometheusFormat(t *testing.T) {
 			assert.True(t, strings.HasSuffix(line, " 1"), line)
 		}
 	}
-}
-
-// PAUSE db holds back that database's transactions only, as PgBouncer's
-// does; RESUME db lets them go on.
-func TestPauseOfOneDatabaseHoldsOnlyItsTransactions(t *testing.T) {
-	ctx := context.Background()
-	admin := connect(t, directDSN("postgres", "postgres", ""), pgx.QueryExecModeExec)
-	if _, err := admin.Exec(ctx, "CREATE DATABASE kproxy_pause"); err != nil {
-		var pe *pgconn.PgError
-		require.ErrorAs(t, err, &pe)
-		require.Equal(t, "42P04", pe.Code, "creating the second database")
-	}
-	p := startProxy(t, transactionMode(4))
-	other := connect(t, p.DSN("postgres", "kproxy_pause", ""), pgx.QueryExecModeSimpleProtocol)
-	conn := connect(t, p.DSN("postgres", "postgres", ""), pgx.QueryExecModeSimpleProtocol)
-	console, err := pgconn.Connect(ctx, p.DSN("postgres", "kproxy", ""))
-	require.NoError(t, err)
-	defer console.Close(ctx)
-
-	_, err = console.Exec(ctx, "PAUSE kproxy_pause").ReadAll()
-	require.NoError(t, err)
-	done := make(chan error, 1)
-	go func() {
-		_, err := other.Exec(ctx, "SELECT 1")
-		done <- err
-	}()
-	// The other database's transactions run meanwhile.
-	bounded, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	_, err = conn.Exec(bounded, "SELECT 1")
-	require.NoError(t, err, "a transaction of a database that is not paused waited")
-	select {
-	case err := <-done:
-		t.Fatalf("a transaction of the paused database ran (err %v)", err)
-	case <-time.After(300 * time.Millisecond):
-	}
-	names, rows := consoleShow(t, p, "databases")
-	name, paused := slices.Index(names, "name"), slices.Index(names, "paused")
-	require.True(t, name >= 0 && paused >= 0, "SHOW DATABASES columns: %v", names)
-	pausedOf := map[string]string{}
-	for _, r := range rows {
-		pausedOf[r[name]] = r[paused]
-	}
-	assert.Equal(t, "1", pausedOf["kproxy_pause"])
-	assert.Equal(t, "0", pausedOf["postgres"])
-
-	// RESUME of a database that is not paused is refused.
-	_, err = console.Exec(ctx, "RESUME postgres").ReadAll()
-	requireSQLState(t, err, "55000")
-	_, err = console.Exec(ctx, "RESUME kproxy_pause").ReadAll()
-	require.NoError(t, err)
-	select {
-	case err := <-done:
-		require.NoError(t, err)
-	case <-time.After(5 * time.Second):
-		t.Fatal("the transaction did not run after RESUME kproxy_pause")
-	}
-
-	// With every database paused, one cannot be resumed alone.
-	_, err = console.Exec(ctx, "PAUSE").ReadAll()
-	require.NoError(t, err)
-	_, err = console.Exec(ctx, "RESUME kproxy_pause").ReadAll()
-	requireSQLState(t, err, "55000")
-	_, err = console.Exec(ctx, "RESUME").ReadAll()
-	require.NoError(t, err)
-	_, err = other.Exec(ctx, "SELECT 1")
-	require.NoError(t, err)
 }

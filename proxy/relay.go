@@ -200,10 +200,7 @@ func (ss *session) handle(t byte, msg []byte) bool {
 		// A write pipelined behind reads running on a replica: once the
 		// replica has answered them, the write is routed afresh. What
 		// was sent without a flush (more was coming) goes out first.
-		if done := ss.pendingRelay; done != nil {
-			ss.pendingRelay = nil // the replica's answers must flow now
-			ss.startRelay(ss.server, done)
-		}
+		ss.startPendingRelay(ss.server) // the replica's answers must flow now
 		if !flushed {
 			flushed = true
 			if !ss.flushServerLocked() {
@@ -379,7 +376,7 @@ func (ss *session) dispatchLocked(t byte, msg []byte, flush bool) bool {
 		// sent before this transaction began, such as 57P01 on a
 		// connection terminated while idle) finds the transaction's
 		// routing and replay state set.
-		ss.pendingRelay = ss.attachIdleLocked(sc)
+		ss.pendingRelay = ss.attachLocked(sc)
 		ss.pendingBytes = 0
 		ss.target = target
 		// A transaction replayed on the primary is there because it writes.
@@ -464,20 +461,16 @@ func (ss *session) settleRelay(sc *pool.Conn, flush, ok, answer bool, wrote int)
 		ss.pendingRelay = nil
 		ss.relayInline(sc, done)
 	case !ok || flush || ss.pendingBytes > maxPendingRelayBytes:
-		ss.pendingRelay = nil
-		ss.startRelay(sc, done)
+		ss.startPendingRelay(sc)
 	}
 }
 
-// startPendingRelay starts the relay settleRelay left waiting, before the
-// client goroutine waits on it or the session ends. Only the client
-// goroutine calls it.
-func (ss *session) startPendingRelay() {
+// startPendingRelay starts the relay of sc, the attached connection, that
+// settleRelay left waiting, if any: before anything waits on it or the
+// session ends. Only the client goroutine calls it.
+func (ss *session) startPendingRelay(sc *pool.Conn) {
 	if done := ss.pendingRelay; done != nil {
 		ss.pendingRelay = nil
-		ss.mu.Lock()
-		sc := ss.server
-		ss.mu.Unlock()
 		ss.startRelay(sc, done)
 	}
 }
@@ -865,10 +858,11 @@ func (ss *session) relayServer(sc *pool.Conn, done chan struct{}) {
 // client has sent a transaction's first batch (up to a Query or a Sync)
 // and nothing behind it: the client waits for the answer, so nothing is
 // lost by not reading it meanwhile, and one goroutine handing the
-// transaction to another costs more than the rest of kproxy's work on it. As soon as the client may
-// have to send more before the server is done (COPY FROM STDIN, or a
-// ReadyForQuery that leaves the connection attached), the rest of the
-// relay moves to a goroutine of its own and relayInline returns.
+// transaction to another costs more than the rest of kproxy's work on it.
+// As soon as the client may have to send more before the server is done
+// (COPY FROM STDIN, or a ReadyForQuery that leaves the connection
+// attached), the rest of the relay moves to a goroutine of its own and
+// relayInline returns.
 func (ss *session) relayInline(sc *pool.Conn, done chan struct{}) {
 	ss.mu.Lock()
 	ss.inlineSC = sc

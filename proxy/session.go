@@ -43,8 +43,9 @@ const (
 // client's first batch (up to a Query or a Sync) is written with nothing
 // behind it, the client goroutine relays the answer itself (relayInline)
 // and hands the relay to a server goroutine only if the connection stays
-// attached or the server starts a COPY FROM STDIN (see settleRelay). Server goroutines come
-// from Server.workers, which keeps them between transactions.
+// attached or the server starts a COPY FROM STDIN (see settleRelay).
+// Server goroutines come from Server.workers, which keeps them between
+// transactions.
 type session struct {
 	srv      *Server
 	nc       net.Conn
@@ -327,30 +328,24 @@ func (ss *session) acquire(p *pool.Pool) (*pool.Conn, error) {
 // the server sends.
 func (ss *session) attach(sc *pool.Conn) {
 	ss.mu.Lock()
-	ss.attachLocked(sc)
+	done := ss.attachLocked(sc)
 	ss.mu.Unlock()
+	ss.startRelay(sc, done)
 }
 
-// attachLocked is attach with mu held: the server goroutine waits for mu
-// before it acts on anything it reads.
-func (ss *session) attachLocked(sc *pool.Conn) {
-	ss.startRelay(sc, ss.attachIdleLocked(sc))
+// attachLocked makes sc the session's server connection without starting
+// its relay, and returns the channel the relay must close when it stops.
+func (ss *session) attachLocked(sc *pool.Conn) chan struct{} {
+	done := make(chan struct{})
+	ss.server = sc
+	ss.serverDone = done
+	return done
 }
 
 // startRelay starts the server goroutine of sc, which closes done when it
 // stops.
 func (ss *session) startRelay(sc *pool.Conn, done chan struct{}) {
 	ss.srv.workers.Go(relayJob{ss: ss, sc: sc, done: done})
-}
-
-// attachIdleLocked makes sc the session's server connection without
-// starting its relay, and returns the channel the relay must close when it
-// stops.
-func (ss *session) attachIdleLocked(sc *pool.Conn) chan struct{} {
-	done := make(chan struct{})
-	ss.server = sc
-	ss.serverDone = done
-	return done
 }
 
 // cancelRunning forwards a cancel request to the server connection if the
@@ -427,7 +422,6 @@ func (ss *session) closeConn() {
 // close gives the server connection back and forgets the session. It is
 // called once, by run, when the client is gone.
 func (ss *session) close() {
-	ss.startPendingRelay() // it closes serverDone, which close waits for
 	ss.mu.Lock()
 	if ss.closed {
 		ss.mu.Unlock()
@@ -437,6 +431,7 @@ func (ss *session) close() {
 	ss.leaving = true
 	sc, done := ss.server, ss.serverDone
 	ss.mu.Unlock()
+	ss.startPendingRelay(sc) // it closes done, which is waited for below
 	ss.closeConn()
 	if ss.key != (cancelKey{}) {
 		ss.srv.unregister(ss)

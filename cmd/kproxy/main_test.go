@@ -83,27 +83,11 @@ func TestServeRunsReloadsOnSIGHUPAndDrainsOnSIGTERM(t *testing.T) {
 	listen, admin := freeAddr(t), freeAddr(t)
 	file := filepath.Join(t.TempDir(), "kproxy.yaml")
 	require.NoError(t, os.WriteFile(file, []byte("pool:\n  max_connections: 3\n"), 0o600))
-	var logs bytes.Buffer
-	cmd := exec.Command(binary, "serve", "--config", file, "--listen", listen, "--admin-listen", admin,
-		"--primary", pgtest.Get().PrimaryAddr, "--replica", pgtest.Get().ReplicaAddr, "--pool-mode", "transaction")
-	cmd.Env = append(os.Environ(), "KPROXY_BACKEND_TLS_SSLMODE=disable")
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	require.NoError(t, cmd.Start())
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	})
-
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	var conn *pgx.Conn
-	require.Eventually(t, func() bool {
-		var err error
-		conn, err = pgx.Connect(ctx, "postgres://postgres@"+listen+"/postgres?sslmode=disable")
-		return err == nil
-	}, 10*time.Second, 50*time.Millisecond, "kproxy did not start: %s", &logs)
+	cmd := kproxyCommand("serve", "--config", file, "--listen", listen, "--admin-listen", admin,
+		"--primary", pgtest.Get().PrimaryAddr, "--replica", pgtest.Get().ReplicaAddr, "--pool-mode", "transaction")
+	conn, exited, logs := serveAndConnect(ctx, t, cmd, listen)
 	var one int
 	require.NoError(t, conn.QueryRow(ctx, "SELECT 1").Scan(&one))
 
@@ -137,7 +121,7 @@ func TestServeRunsReloadsOnSIGHUPAndDrainsOnSIGTERM(t *testing.T) {
 			}
 		}
 		return true
-	}, 5*time.Second, 20*time.Millisecond, "%s", &logs)
+	}, 5*time.Second, 20*time.Millisecond, "%s", logs)
 
 	// SIGTERM waits for the open transaction, then exits cleanly.
 	tx, err := conn.Begin(ctx)
@@ -149,11 +133,35 @@ func TestServeRunsReloadsOnSIGHUPAndDrainsOnSIGTERM(t *testing.T) {
 	select {
 	case err := <-exited:
 		exited <- err
-		require.NoError(t, err, "%s", &logs)
+		require.NoError(t, err, "%s", logs)
 	case <-time.After(10 * time.Second):
-		t.Fatalf("kproxy did not exit after SIGTERM:\n%s", &logs)
+		t.Fatalf("kproxy did not exit after SIGTERM:\n%s", logs)
 	}
 	assert.Contains(t, logs.String(), "configuration reloaded")
+}
+
+// serveAndConnect starts cmd, a `kproxy serve` listening on listen, and
+// returns a client connected through it once it accepts one, the channel
+// its exit status arrives on, and its output. The process is killed when
+// the test ends.
+func serveAndConnect(ctx context.Context, t *testing.T, cmd *exec.Cmd, listen string) (*pgx.Conn, chan error, *syncBuffer) {
+	t.Helper()
+	logs := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	require.NoError(t, cmd.Start())
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	})
+	var conn *pgx.Conn
+	require.Eventually(t, func() bool {
+		var err error
+		conn, err = pgx.Connect(ctx, "postgres://postgres@"+listen+"/postgres?sslmode=disable")
+		return err == nil
+	}, 10*time.Second, 50*time.Millisecond, "kproxy did not start: %s", logs)
+	return conn, exited, logs
 }
 
 // syncBuffer is a bytes.Buffer that a test may read while a process writes
@@ -314,25 +322,10 @@ workflows:
       - {id: b, kind: sql, sql: "SELECT $1::int8 * 2 AS doubled", args: [a.rows.0.x]}
 `
 	require.NoError(t, os.WriteFile(file, []byte(config), 0o600))
-	var logs syncBuffer
-	cmd := kproxyCommand("serve", "--config", file, "--listen", listen, "--admin-listen", admin)
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	require.NoError(t, cmd.Start())
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	})
-
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	var conn *pgx.Conn
-	require.Eventually(t, func() bool {
-		var err error
-		conn, err = pgx.Connect(ctx, "postgres://postgres@"+listen+"/postgres?sslmode=disable")
-		return err == nil
-	}, 10*time.Second, 50*time.Millisecond, "kproxy did not start: %s", &logs)
+	cmd := kproxyCommand("serve", "--config", file, "--listen", listen, "--admin-listen", admin)
+	conn, exited, logs := serveAndConnect(ctx, t, cmd, listen)
 	defer conn.Close(ctx)
 	var one int
 	require.NoError(t, conn.QueryRow(ctx, "SELECT 1").Scan(&one))
@@ -392,7 +385,7 @@ workflows:
 		}
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
-	}, 5*time.Second, 20*time.Millisecond, "%s", &logs)
+	}, 5*time.Second, 20*time.Millisecond, "%s", logs)
 
 	// A workflow that does not build leaves the running ones in place.
 	require.NoError(t, os.WriteFile(file, []byte(config+`
@@ -403,7 +396,7 @@ workflows:
 	require.NoError(t, cmd.Process.Signal(syscall.SIGHUP))
 	require.Eventually(t, func() bool {
 		return strings.Contains(logs.String(), "workflows do not build")
-	}, 5*time.Second, 20*time.Millisecond, "%s", &logs)
+	}, 5*time.Second, 20*time.Millisecond, "%s", logs)
 	resp, err = http.Post("http://"+admin+"/workflows/solo/runs", "application/json", nil)
 	require.NoError(t, err)
 	resp.Body.Close()
@@ -413,9 +406,9 @@ workflows:
 	select {
 	case err := <-exited:
 		exited <- err
-		require.NoError(t, err, "%s", &logs)
+		require.NoError(t, err, "%s", logs)
 	case <-time.After(10 * time.Second):
-		t.Fatalf("kproxy did not exit after SIGTERM:\n%s", &logs)
+		t.Fatalf("kproxy did not exit after SIGTERM:\n%s", logs)
 	}
 }
 

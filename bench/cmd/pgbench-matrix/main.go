@@ -48,6 +48,9 @@ const (
 	targetFloorEpoll     target = "floor-epoll"
 )
 
+// floor reports whether t is one of the floor-relay targets.
+func (t target) floor() bool { return t == targetFloorGoroutine || t == targetFloorEpoll }
+
 // defaultTargets run unless -targets says otherwise.
 var defaultTargets = []target{targetDirect, targetKproxyTx, targetKproxySession, targetPgBouncerTx}
 
@@ -254,7 +257,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	if slices.Contains(opts.targets, targetFloorGoroutine) || slices.Contains(opts.targets, targetFloorEpoll) {
+	if slices.ContainsFunc(opts.targets, target.floor) {
 		progress(stderr, "building floor-relay")
 		if h.floorRelay, err = rig.BuildFloorRelay(ctx, root, h.work); err != nil {
 			return err
@@ -360,7 +363,7 @@ func (h *harness) plan() []*cell {
 						switch {
 						case t == targetPgBouncerTx && h.pgbouncer == "":
 							c.Skip = "pgbouncer is not installed"
-						case (t == targetFloorGoroutine || t == targetFloorEpoll) && proto == "prepared":
+						case t.floor() && proto == "prepared":
 							c.Skip = "floor-relay does not track prepared statements, which -M prepared needs in transaction pooling"
 						case t == targetPgBouncerTx && proto == "prepared" && !o.full:
 							c.Skip = "PgBouncer 1.18 does not support protocol-level prepared statements in transaction mode " +

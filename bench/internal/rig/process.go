@@ -170,28 +170,44 @@ type KproxyConfig struct {
 // trust authentication, no TLS towards Postgres and the default log level,
 // and returns once it serves SELECT 1. Its log is Dir/kproxy.log.
 func StartKproxy(ctx context.Context, c KproxyConfig) (*Process, error) {
+	return startOnFreePort(ctx, "kproxy", filepath.Join(c.Dir, "kproxy.log"), c.Database,
+		func(port int) (*exec.Cmd, error) {
+			cmd := exec.Command(c.Bin, "serve", "--listen", localAddr(port), "--primary", c.Primary,
+				"--pool-mode", c.PoolMode, "--admin-listen", "")
+			cmd.Env = cleanEnv(append([]string{
+				"KPROXY_POOL_MAX_CONNECTIONS=" + strconv.Itoa(c.MaxConnections),
+				"KPROXY_BACKEND_TLS_SSLMODE=disable",
+			}, c.Env...)...)
+			cmd.Dir = c.Dir
+			return cmd, nil
+		})
+}
+
+// startOnFreePort starts the command command returns for a free port on
+// 127.0.0.1, like start. A proxy that exits before it accepts connections
+// (another process took the port first) is tried again on another port,
+// up to startTries times.
+func startOnFreePort(ctx context.Context, name, logPath, db string, command func(port int) (*exec.Cmd, error)) (*Process, error) {
 	var err error
 	for range startTries {
 		var port int
 		if port, err = FreePort(); err != nil {
 			return nil, err
 		}
-		addr := "127.0.0.1:" + strconv.Itoa(port)
-		cmd := exec.Command(c.Bin, "serve", "--listen", addr, "--primary", c.Primary,
-			"--pool-mode", c.PoolMode, "--admin-listen", "")
-		cmd.Env = cleanEnv(append([]string{
-			"KPROXY_POOL_MAX_CONNECTIONS=" + strconv.Itoa(c.MaxConnections),
-			"KPROXY_BACKEND_TLS_SSLMODE=disable",
-		}, c.Env...)...)
-		cmd.Dir = c.Dir
+		var cmd *exec.Cmd
+		if cmd, err = command(port); err != nil {
+			return nil, err
+		}
 		var p *Process
-		p, err = start(ctx, "kproxy", addr, filepath.Join(c.Dir, "kproxy.log"), c.Database, cmd)
+		p, err = start(ctx, name, localAddr(port), logPath, db, cmd)
 		if err == nil || !errors.Is(err, errExited) {
 			return p, err
 		}
 	}
 	return nil, err
 }
+
+func localAddr(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }
 
 // FloorRelayConfig says how to run floor-relay.
 type FloorRelayConfig struct {
@@ -213,24 +229,14 @@ type FloorRelayConfig struct {
 // StartFloorRelay runs floor-relay on a free port and returns once it
 // serves SELECT 1. Its log is Dir/floor-relay.log.
 func StartFloorRelay(ctx context.Context, c FloorRelayConfig) (*Process, error) {
-	var err error
-	for range startTries {
-		var port int
-		if port, err = FreePort(); err != nil {
-			return nil, err
-		}
-		addr := "127.0.0.1:" + strconv.Itoa(port)
-		cmd := exec.Command(c.Bin, "-mode", c.Mode, "-listen", addr, "-backend", c.Primary,
-			"-database", c.Database, "-pool", strconv.Itoa(c.PoolSize))
-		cmd.Env = cleanEnv()
-		cmd.Dir = c.Dir
-		var p *Process
-		p, err = start(ctx, "floor-relay", addr, filepath.Join(c.Dir, "floor-relay.log"), c.Database, cmd)
-		if err == nil || !errors.Is(err, errExited) {
-			return p, err
-		}
-	}
-	return nil, err
+	return startOnFreePort(ctx, "floor-relay", filepath.Join(c.Dir, "floor-relay.log"), c.Database,
+		func(port int) (*exec.Cmd, error) {
+			cmd := exec.Command(c.Bin, "-mode", c.Mode, "-listen", localAddr(port), "-backend", c.Primary,
+				"-database", c.Database, "-pool", strconv.Itoa(c.PoolSize))
+			cmd.Env = cleanEnv()
+			cmd.Dir = c.Dir
+			return cmd, nil
+		})
 }
 
 // PgBouncerConfig says how to run PgBouncer.
@@ -271,13 +277,10 @@ func StartPgBouncer(ctx context.Context, c PgBouncerConfig) (*Process, error) {
 	if err := writeOwned(userlist, fmt.Sprintf("%q \"\"\n", User), cred); err != nil {
 		return nil, err
 	}
-	for range startTries {
-		var lport int
-		if lport, err = FreePort(); err != nil {
-			return nil, err
-		}
-		ini := filepath.Join(c.Dir, "pgbouncer.ini")
-		conf := fmt.Sprintf(`[databases]
+	return startOnFreePort(ctx, "pgbouncer", filepath.Join(c.Dir, "pgbouncer.log"), c.Database,
+		func(lport int) (*exec.Cmd, error) {
+			ini := filepath.Join(c.Dir, "pgbouncer.ini")
+			conf := fmt.Sprintf(`[databases]
 * = host=%s port=%s
 
 [pgbouncer]
@@ -298,25 +301,19 @@ log_disconnections = 0
 log_pooler_errors = 1
 pidfile = %s
 `, host, port, lport, userlist, User, c.PoolMode, c.PoolSize, c.MaxClientConn,
-			filepath.Join(c.Dir, "pgbouncer.pid"))
-		if err := writeOwned(ini, conf, cred); err != nil {
-			return nil, err
-		}
-		// Without -d pgbouncer stays in the foreground and logs to stderr.
-		cmd := exec.Command(c.Bin, ini)
-		cmd.Dir = c.Dir
-		cmd.Env = cleanEnv("HOME=" + c.Dir)
-		if cred != nil {
-			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-		}
-		addr := "127.0.0.1:" + strconv.Itoa(lport)
-		var p *Process
-		p, err = start(ctx, "pgbouncer", addr, filepath.Join(c.Dir, "pgbouncer.log"), c.Database, cmd)
-		if err == nil || !errors.Is(err, errExited) {
-			return p, err
-		}
-	}
-	return nil, err
+				filepath.Join(c.Dir, "pgbouncer.pid"))
+			if err := writeOwned(ini, conf, cred); err != nil {
+				return nil, err
+			}
+			// Without -d pgbouncer stays in the foreground and logs to stderr.
+			cmd := exec.Command(c.Bin, ini)
+			cmd.Dir = c.Dir
+			cmd.Env = cleanEnv("HOME=" + c.Dir)
+			if cred != nil {
+				cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+			}
+			return cmd, nil
+		})
 }
 
 // PgBouncerBin returns the path of pgbouncer, or "" when it is not installed.
