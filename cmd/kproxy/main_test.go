@@ -130,13 +130,7 @@ func TestServeRunsReloadsOnSIGHUPAndDrainsOnSIGTERM(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	require.NoError(t, tx.QueryRow(ctx, "SELECT 2").Scan(&one))
 	require.NoError(t, tx.Commit(ctx))
-	select {
-	case err := <-exited:
-		exited <- err
-		require.NoError(t, err, "%s", logs)
-	case <-time.After(10 * time.Second):
-		t.Fatalf("kproxy did not exit after SIGTERM:\n%s", logs)
-	}
+	requireCleanExit(t, exited, logs)
 	assert.Contains(t, logs.String(), "configuration reloaded")
 }
 
@@ -162,6 +156,20 @@ func serveAndConnect(ctx context.Context, t *testing.T, cmd *exec.Cmd, listen st
 		return err == nil
 	}, 10*time.Second, 50*time.Millisecond, "kproxy did not start: %s", logs)
 	return conn, exited, logs
+}
+
+// requireCleanExit waits up to 10 s for the exit status serveAndConnect's
+// process reports on exited, which must be success, and leaves it there
+// for the cleanup.
+func requireCleanExit(t *testing.T, exited chan error, logs *syncBuffer) {
+	t.Helper()
+	select {
+	case err := <-exited:
+		exited <- err
+		require.NoError(t, err, "%s", logs)
+	case <-time.After(10 * time.Second):
+		t.Fatalf("kproxy did not exit after SIGTERM:\n%s", logs)
+	}
 }
 
 // syncBuffer is a bytes.Buffer that a test may read while a process writes
@@ -403,13 +411,7 @@ workflows:
 	assert.Equal(t, http.StatusOK, resp.StatusCode)
 
 	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
-	select {
-	case err := <-exited:
-		exited <- err
-		require.NoError(t, err, "%s", logs)
-	case <-time.After(10 * time.Second):
-		t.Fatalf("kproxy did not exit after SIGTERM:\n%s", logs)
-	}
+	requireCleanExit(t, exited, logs)
 }
 
 func TestServeRefusesWorkflowsThatDoNotBuild(t *testing.T) {
