@@ -44,12 +44,18 @@ type Conn struct {
 	settings    map[string]string
 	settingsKey string
 
-	// prepared holds the names of the statements kproxy prepared on this
-	// connection, least recently used first out; stale holds names whose
-	// plan the server refused to reuse, to be prepared afresh.
-	prepared      *simplelru.LRU[string, struct{}]
+	// prepared holds the statements kproxy prepared on this connection by
+	// name, least recently used first out; byID indexes those of network
+	// clients by what they do (see stmt.go), stmtSeq numbers their names.
+	// stale holds names whose plan the server refused to reuse, to be
+	// prepared afresh.
+	prepared      *simplelru.LRU[string, *stmtEntry]
+	byID          map[StmtID]string
+	stmtSeq       uint64
+	pending       int    // entries of prepared whose ParseComplete is still to come
+	gcSeen        uint64 // the pool's garbage sequence this connection has seen
 	stale         map[string]struct{}
-	closeLater    []string     // prepared on the server but no longer tracked; closed at the next AddPrepared
+	closeLater    []string     // prepared on the server but no longer tracked; closed at the next AddPrepared or NewStmt
 	preparedCount atomic.Int64 // len(prepared), for stats read by others
 
 	// unnamedOwner identifies whose unnamed statement the server holds,
@@ -400,17 +406,8 @@ func (c *Conn) IsStale(name string) bool {
 // close on the server.
 func (c *Conn) AddPrepared(name string) (evicted []string) {
 	delete(c.stale, name)
-	evicted = append(evicted, c.closeLater...)
-	c.closeLater = c.closeLater[:0]
-	for c.prepared.Len() >= c.pool.maxPrepared() {
-		old, _, ok := c.prepared.RemoveOldest()
-		if !ok {
-			break
-		}
-		evicted = append(evicted, old)
-	}
-	c.prepared.Add(name, struct{}{})
-	c.pool.preparedEvictions.Add(int64(len(evicted)))
+	evicted = c.makeRoom()
+	c.prepared.Add(name, &stmtEntry{ready: true})
 	c.preparedCount.Store(int64(c.prepared.Len()))
 	return evicted
 }
@@ -419,16 +416,14 @@ func (c *Conn) AddPrepared(name string) (evicted []string) {
 // is no longer tracked (its Close was skipped after an error); AddPrepared
 // returns it to be closed.
 func (c *Conn) CloseLater(name string) {
-	c.prepared.Remove(name)
+	c.StmtFailed(name)
 	c.closeLater = append(c.closeLater, name)
-	c.preparedCount.Store(int64(c.prepared.Len()))
 }
 
 // ForgetPrepared records that name is no longer prepared (its Parse failed).
 func (c *Conn) ForgetPrepared(name string) {
-	c.prepared.Remove(name)
+	c.StmtFailed(name)
 	delete(c.stale, name)
-	c.preparedCount.Store(int64(c.prepared.Len()))
 }
 
 // MarkStale records that the server refused to reuse name's plan ("cached
@@ -444,7 +439,10 @@ func (c *Conn) MarkStale(name string) {
 // statement (DEALLOCATE ALL, DISCARD ALL).
 func (c *Conn) ForgetAllPrepared() {
 	c.prepared.Purge()
+	clear(c.byID)
 	clear(c.stale)
+	c.closeLater = nil
+	c.pending = 0
 	c.preparedCount.Store(0)
 }
 

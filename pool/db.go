@@ -1400,9 +1400,7 @@ func settle(conn *Conn, seg *segment) {
 			}
 			closeAt++
 		case stepParse:
-			if i < seg.done {
-				conn.pool.AddKnownStatement(seg.st.name)
-			} else {
+			if i >= seg.done {
 				conn.ForgetPrepared(seg.st.name)
 			}
 		}

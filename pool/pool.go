@@ -13,7 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
@@ -109,23 +108,10 @@ type Pool struct {
 	preparedMisses    atomic.Int64
 	preparedEvictions atomic.Int64
 	all               sync.Map // *Conn → struct{}: every open connection, for stats
-	// known holds server statement names that some connection of the pool
-	// prepared without error.
-	known *lru.Cache[string, struct{}]
+	// garbage counts the clients' statements and lists those none holds
+	// any more (stmt.go).
+	garbage stmtGarbage
 }
-
-// knownStatements bounds Pool.known.
-const knownStatements = 10000
-
-// KnownStatement reports whether a connection of the pool prepared the
-// statement name without error.
-func (p *Pool) KnownStatement(name string) bool {
-	_, ok := p.known.Get(name)
-	return ok
-}
-
-// AddKnownStatement records that the statement name prepared without error.
-func (p *Pool) AddKnownStatement(name string) { p.known.Add(name, struct{}{}) }
 
 func (p *Pool) maxPrepared() int {
 	p.mu.Lock()
@@ -165,12 +151,7 @@ func New(cfg Config, log *zap.Logger) (*Pool, error) {
 	if pgc.RuntimeParams == nil {
 		pgc.RuntimeParams = map[string]string{}
 	}
-	known, err := lru.New[string, struct{}](knownStatements)
-	if err != nil {
-		return nil, err
-	}
 	p := &Pool{
-		known:  known,
 		cfg:    cfg,
 		log:    log.With(zap.String("backend", cfg.Addr), zap.String("database", cfg.Database), zap.String("user", cfg.User)),
 		pgc:    pgc,
@@ -440,6 +421,7 @@ func (p *Pool) Release(c *Conn) {
 		c.acquiredAt = time.Time{}
 		c.fingerprint, c.example = 0, ""
 	}
+	c.dropPending()
 	p.mu.Lock()
 	recycle := !c.broken && c.Health() < p.limits.HealthThreshold
 	if c.broken || p.closed || now.After(c.expiresAt) || p.open > p.capacity || recycle {
@@ -495,7 +477,7 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 	if j := limits.MaxLifetimeJitter; j > 0 {
 		life += rand.N(j)
 	}
-	prepared, err := simplelru.NewLRU[string, struct{}](math.MaxInt32, nil)
+	prepared, err := simplelru.NewLRU[string, *stmtEntry](math.MaxInt32, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -38,9 +39,14 @@ type reply struct {
 	stmt     string      // server statement a Parse prepares, a Close closes, or a Bind/Execute uses
 	client   string      // client statement a Parse defines or a Close removed
 	saved    *clientStmt // statement a made-up CloseComplete removed, restored if its batch fails
-	frame    []byte      // replyError's ErrorResponse
-	dropsAll bool        // a Query with DEALLOCATE ALL or DISCARD ALL
-	failed   bool        // an ErrorResponse arrived for it
+	frame    []byte      // replyError's ErrorResponse; with substitute, what replaces the server's error
+	// cs is the client statement whose Parse this answers, or whose shape
+	// this Describe learns or, with verify, checks.
+	cs         *clientStmt
+	verify     bool
+	substitute bool // the server's ErrorResponse is replaced by frame
+	dropsAll   bool // a Query with DEALLOCATE ALL or DISCARD ALL
+	failed     bool // an ErrorResponse arrived for it
 }
 
 func (r *reply) fromServer() bool { return r.kind <= replySwallow }
@@ -231,7 +237,7 @@ func (ss *session) sqlOfLocked(t byte, msg []byte) string {
 			parse = ss.unnamed
 		default:
 			if cs := ss.stmts[string(name)]; cs != nil {
-				parse = cs.parse
+				return string(cs.query)
 			}
 		}
 	}
@@ -384,6 +390,12 @@ func (ss *session) dispatchLocked(t byte, msg []byte, flush bool) bool {
 		ss.replayOK = target.Replica()
 		ss.replayLog = ss.replayLog[:0]
 		ss.sentAtAttach = sent
+		if ss.mode == config.PoolModeTransaction {
+			// Statements no client holds any more leave the server first.
+			for _, name := range sc.TakeGarbage() {
+				ss.closeOnServerLocked(name)
+			}
+		}
 		if sc.Learning() {
 			if sql := ss.sqlOfLocked(t, msg); sql != "" {
 				sc.NoteStatement(ss.srv.classifier.Classify(sql).Fingerprint, sql)
@@ -476,44 +488,49 @@ func (ss *session) startPendingRelay(sc *pool.Conn) {
 }
 
 // answerLocallyLocked answers, without a server connection, a client's
-// Parse of a statement the pool has already prepared successfully and a
-// Close of a named statement. Drivers that prepare synchronously (pgbench
-// -M prepared, for one) would otherwise need a free server connection just
-// to learn what kproxy already knows.
+// Close of a named statement: its server statements stay for others.
+// A Parse always goes to a server, since only the server can say what the
+// statement means under the current schema.
 func (ss *session) answerLocallyLocked(t byte, msg []byte) ([]byte, bool) {
-	if ss.mode != config.PoolModeTransaction {
+	if ss.mode != config.PoolModeTransaction || t != 'C' {
 		return nil, false
 	}
 	body := msg[5:]
-	switch t {
-	case 'P':
-		name, query, types, ok := splitParse(body)
-		if !ok || len(name) == 0 {
-			return nil, false
-		}
-		if _, dup := ss.stmts[string(name)]; dup {
-			return nil, false
-		}
-		cs := newClientStmt(query, types, ss.settings["search_path"])
-		if !ss.pool.KnownStatement(cs.server) {
-			return nil, false
-		}
-		ss.inBatch = true
-		ss.noteSQLLocked(string(query))
-		if ss.routing {
-			cs.readOnly = ss.classifyReadOnlyLocked(string(query))
-		}
-		ss.stmts[string(name)] = cs
-		return []byte{'1', 0, 0, 0, 4}, true
-	case 'C':
-		if len(body) < 2 || body[0] != 'S' || body[1] == 0 {
-			return nil, false
-		}
-		ss.inBatch = true
-		delete(ss.stmts, cstring(body[1:]))
-		return []byte{'3', 0, 0, 0, 4}, true
+	if len(body) < 2 || body[0] != 'S' || body[1] == 0 {
+		return nil, false
 	}
-	return nil, false
+	ss.inBatch = true
+	ss.dropStmtLocked(cstring(body[1:]))
+	return []byte{'3', 0, 0, 0, 4}, true
+}
+
+// dropStmtLocked forgets the client's statement name, if any, and returns
+// it.
+func (ss *session) dropStmtLocked(name string) *clientStmt {
+	cs := ss.stmts[name]
+	if cs == nil {
+		return nil
+	}
+	delete(ss.stmts, name)
+	ss.releaseStmt(cs)
+	return cs
+}
+
+// releaseStmt lets go of the pool's reference to cs's statements.
+func (ss *session) releaseStmt(cs *clientStmt) {
+	if cs.shape == 0 {
+		cs.closed = true
+		return
+	}
+	ss.pool.UnrefStmt(cs.id())
+}
+
+// restoreStmtLocked gives the client back statement cs under name, after
+// the batch that closed it failed.
+func (ss *session) restoreStmtLocked(name string, cs *clientStmt) {
+	ss.stmts[name] = cs
+	cs.closed = false
+	ss.pool.RefStmt(cs.id())
 }
 
 // planLocked turns client message t into ss.toServer, ss.toClient and reply
@@ -538,7 +555,8 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 			if tx {
 				ss.unnamed = append(ss.unnamed[:0], msg...)
 				ss.unnamedRO = ro
-				sc.SetUnnamedOwner(ss)
+				ss.unnamedGen++
+				sc.SetUnnamedOwner(unnamedToken{ss, ss.unnamedGen})
 			}
 			ss.send(msg, reply{kind: replyForward, msg: 'P'})
 			return nil
@@ -551,11 +569,7 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 		cs := newClientStmt(query, types, ss.settings["search_path"])
 		cs.readOnly = ro
 		ss.stmts[n] = cs
-		if sc.HasPrepared(cs.server) {
-			ss.enqueueLocked(reply{kind: replyParseComplete, client: n})
-			return nil
-		}
-		ss.prepareLocked(sc, cs, reply{kind: replyForward, msg: 'P', stmt: cs.server, client: n})
+		ss.prepareLocked(sc, cs, cs.types, reply{kind: replyForward, msg: 'P', client: n})
 	case 'B':
 		ss.inBatch = true
 		name, start, end, ok := bindStatement(body)
@@ -570,13 +584,13 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 			ss.send(msg, reply{kind: replyForward, msg: 'B'})
 			return nil
 		}
-		cs := ss.lookupLocked(sc, string(name))
-		if cs == nil {
+		server, ok := ss.serverStmtLocked(sc, string(name))
+		if !ok {
 			return nil
 		}
-		ss.toServer = replaceRange(ss.toServer, 'B', body, start, end, cs.server)
-		ss.replies = append(ss.replies, reply{kind: replyForward, msg: 'B', stmt: cs.server})
-		ss.lastBound = cs.server
+		ss.toServer = replaceRange(ss.toServer, 'B', body, start, end, server)
+		ss.replies = append(ss.replies, reply{kind: replyForward, msg: 'B', stmt: server})
+		ss.lastBound = server
 	case 'D', 'C':
 		ss.inBatch = true
 		if !tx || len(body) < 2 || body[0] != 'S' || body[1] == 0 {
@@ -588,17 +602,16 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 		}
 		n := cstring(body[1:])
 		if t == 'C' {
-			saved := ss.stmts[n]
-			delete(ss.stmts, n)
+			saved := ss.dropStmtLocked(n)
 			ss.enqueueLocked(reply{kind: replyCloseComplete, client: n, saved: saved})
 			return nil
 		}
-		cs := ss.lookupLocked(sc, n)
-		if cs == nil {
+		server, ok := ss.serverStmtLocked(sc, n)
+		if !ok {
 			return nil
 		}
-		ss.toServer = replaceRange(ss.toServer, 'D', body, 1, 1+len(n), cs.server)
-		ss.replies = append(ss.replies, reply{kind: replyForward, msg: 'D', stmt: cs.server})
+		ss.toServer = replaceRange(ss.toServer, 'D', body, 1, 1+len(n), server)
+		ss.replies = append(ss.replies, reply{kind: replyForward, msg: 'D', stmt: server})
 	case 'E':
 		ss.inBatch = true
 		ss.send(msg, reply{kind: replyForward, msg: 'E', stmt: ss.lastBound})
@@ -622,12 +635,12 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 			scan := ss.noteSQLLocked(text)
 			ss.noteRouteLocked(text)
 			if _, ok := ss.stmts[scan.Deallocate]; ok && scan.Deallocate != "" {
-				delete(ss.stmts, scan.Deallocate)
+				ss.dropStmtLocked(scan.Deallocate)
 				ss.enqueueLocked(reply{kind: replyDeallocate})
 				return nil
 			}
 			if scan.DropsAllStatements {
-				clear(ss.stmts)
+				ss.dropAllStmtsLocked()
 				r.dropsAll = true
 			}
 		}
@@ -645,43 +658,171 @@ func (ss *session) send(msg []byte, r reply) {
 	ss.replies = append(ss.replies, r)
 }
 
+// unnamedToken names one version of a client's unnamed statement: the
+// session and how many unnamed Parses it had sent then. A server
+// connection whose unnamed statement has another token holds something
+// else, even if it was this client's once.
+type unnamedToken struct {
+	ss  *session
+	gen uint64
+}
+
 // ensureUnnamedLocked re-creates the client's unnamed statement on sc when
-// sc's unnamed statement is another client's: a driver may Bind the unnamed
-// statement of an earlier batch, which ran on another server connection.
+// sc's unnamed statement is not the client's latest: a driver may Bind the
+// unnamed statement of an earlier batch, which ran on another server
+// connection.
 func (ss *session) ensureUnnamedLocked(sc *pool.Conn) {
-	if sc.UnnamedOwner() == any(ss) || len(ss.unnamed) == 0 {
+	tok := unnamedToken{ss, ss.unnamedGen}
+	if len(ss.unnamed) == 0 || sc.UnnamedOwner() == any(tok) {
 		return
 	}
 	ss.send(ss.unnamed, reply{kind: replySwallow, msg: 'P'})
-	sc.SetUnnamedOwner(ss)
+	sc.SetUnnamedOwner(tok)
 }
 
-// lookupLocked returns the client's statement name, prepared on sc, or
-// reports that it does not exist and returns nil.
-func (ss *session) lookupLocked(sc *pool.Conn, name string) *clientStmt {
+// dropAllStmtsLocked forgets every statement of the client (DEALLOCATE
+// ALL, DISCARD ALL, the end of the session).
+func (ss *session) dropAllStmtsLocked() {
+	for n, cs := range ss.stmts {
+		delete(ss.stmts, n)
+		ss.releaseStmt(cs)
+	}
+}
+
+// serverStmtLocked returns the server statement on sc that stands for the
+// client's statement name, preparing one when sc has none, or reports at
+// this point of the batch that it does not exist (ok false).
+//
+// A statement sc already has is used only if it was prepared for this
+// client statement or has its shape (see pool's stmt.go). Otherwise it is
+// prepared with the parameter types the server inferred at the client's
+// Parse, and described: when the server now gives it another shape, the
+// schema changed under the client's statement, and the client gets the
+// error Postgres gives then (0A000) before anything of the batch runs.
+func (ss *session) serverStmtLocked(sc *pool.Conn, name string) (server string, ok bool) {
 	cs := ss.stmts[name]
 	if cs == nil {
 		ss.madeUpErrorLocked(&Error{Severity: severityError, Code: "26000", Message: fmt.Sprintf("prepared statement %q does not exist", name)})
-		return nil
+		return "", false
 	}
-	if !sc.HasPrepared(cs.server) {
-		ss.prepareLocked(sc, cs, reply{kind: replySwallow, msg: 'P', stmt: cs.server})
+	if cs.sc == sc && sc.HasStmt(cs.name) {
+		return cs.name, true
 	}
-	return cs
+	if cs.shape != 0 {
+		if n, found := sc.LookupStmt(cs.id()); found {
+			cs.sc, cs.name = sc, n
+			return n, true
+		}
+		ss.prepareLocked(sc, cs, cs.fixed, reply{kind: replySwallow, msg: 'P'})
+		if !ss.verifyLocked(sc, cs) {
+			return "", false
+		}
+		return cs.name, true
+	}
+	// Its shape is unknown (the Describe after its Parse failed): prepare
+	// it as the client did.
+	ss.prepareLocked(sc, cs, cs.types, reply{kind: replySwallow, msg: 'P'})
+	return cs.name, true
 }
 
-// prepareLocked sends cs's Parse to sc, first closing what it replaces: a
-// stale version of the statement and the least recently used statements
-// beyond the connection's limit.
-func (ss *session) prepareLocked(sc *pool.Conn, cs *clientStmt, r reply) {
-	if sc.IsStale(cs.server) {
-		ss.closeOnServerLocked(cs.server)
-	}
-	for _, old := range sc.AddPrepared(cs.server) {
+// prepareLocked sends a Parse of cs with paramTypes to sc under a new
+// server name, with r as its reply, and a Describe that learns or, for a
+// statement whose shape is known, checks its shape. Statements the Parse
+// pushes out of sc's set are closed first.
+func (ss *session) prepareLocked(sc *pool.Conn, cs *clientStmt, paramTypes []byte, r reply) {
+	name, evicted := sc.NewStmt(cs.key)
+	for _, old := range evicted {
 		ss.closeOnServerLocked(old)
 	}
-	ss.send(cs.parse, r)
+	cs.sc, cs.name = sc, name
+	r.stmt, r.cs = name, cs
+	ss.toServer = parseFrame(ss.toServer, name, cs.query, paramTypes)
+	ss.replies = append(ss.replies, r)
+	ss.toServer = describeStmtFrame(ss.toServer, name)
+	ss.replies = append(ss.replies, reply{kind: replySwallow, msg: 'D', stmt: name, cs: cs, verify: cs.shape != 0})
 }
+
+// shapedLocked handles the end (t, msg) of the answer to a Describe that
+// learns or checks the shape of client statement r.cs; the parameter types
+// came before, in descParams.
+func (ss *session) shapedLocked(sc *pool.Conn, r *reply, t byte, msg []byte) {
+	var rows []byte
+	if t == 'T' {
+		rows = msg[5:]
+	}
+	shape := shapeOf(ss.descParams, rows)
+	sc.StmtShaped(r.stmt, shape)
+	cs := r.cs
+	switch {
+	case r.verify:
+		ss.verifyOK = shape == cs.shape
+		ss.verifyWait = false
+		ss.changed.Broadcast()
+	case cs.shape == 0:
+		cs.shape = shape
+		cs.fixed = bytes.Clone(ss.descParams)
+		ss.pool.RefStmt(cs.id())
+		if cs.closed {
+			ss.pool.UnrefStmt(cs.id())
+		}
+	}
+}
+
+// verifyLocked sends what the batch holds so far, ending with the Parse
+// and Describe prepareLocked queued for cs on sc, and waits for the
+// server's answer. It reports whether the batch goes on: the statement has
+// the shape the client knows. When it does not, the client gets 0A000 at
+// this point, as from Postgres, and the server fails the rest of the batch
+// too, so that nothing of it runs. It unlocks mu while it waits.
+func (ss *session) verifyLocked(sc *pool.Conn, cs *clientStmt) bool {
+	ss.verifyWait, ss.verifyOK = true, false
+	toServer, toClient := ss.toServer, ss.toClient
+	toServer = append(toServer, 'H', 0, 0, 0, 4) // Flush: the answers come now
+	ss.writing = true
+	if len(toClient) > 0 {
+		ss.wmu.Lock() // before unlocking mu: keeps answers in queue order
+	}
+	ss.mu.Unlock()
+	var cerr error
+	if len(toClient) > 0 {
+		_, cerr = ss.w.Write(toClient)
+		if cerr == nil {
+			cerr = ss.w.Flush()
+		}
+		ss.wmu.Unlock()
+	}
+	err := sc.Write(toServer)
+	if err == nil {
+		err = sc.Flush()
+	}
+	ss.toServer, ss.toClient = toServer[:0], toClient[:0]
+	ok := ss.endWrite(err) && cerr == nil
+	ss.startPendingRelay(sc)
+	ss.mu.Lock()
+	for ok && ss.verifyWait && !ss.serverGoneLocked() {
+		ss.changed.Wait()
+	}
+	switch {
+	case !ok || ss.verifyWait || ss.skipping:
+		// The connection failed, or the Parse did and its error is the
+		// client's.
+		ss.verifyWait = false
+		return false
+	case ss.verifyOK:
+		return true
+	}
+	cs.sc, cs.name = nil, ""
+	e := encodeError(nil, &Error{Severity: severityError, Code: "0A000", Message: "cached plan must not change result type"})
+	// A Bind of a statement that does not exist fails on the server, which
+	// then skips to the Sync; its error is replaced by e.
+	ss.toServer = append(ss.toServer, failingBind...)
+	ss.replies = append(ss.replies, reply{kind: replySwallow, msg: 'B', frame: e, substitute: true})
+	ss.skipping = true
+	return false
+}
+
+// failingBind is a Bind of a statement no server connection has.
+var failingBind = []byte{'B', 0, 0, 0, 4 + 1 + 8 + 6, 0, 'k', 'p', '_', 'n', 'o', 'n', 'e', 0, 0, 0, 0, 0, 0, 0}
 
 func (ss *session) closeOnServerLocked(name string) {
 	ss.toServer = closeStmtFrame(ss.toServer, name)
@@ -819,32 +960,39 @@ func (ss *session) failBatchLocked(sc *pool.Conn) {
 
 func (ss *session) undoLocked(sc *pool.Conn, r *reply) {
 	switch {
-	case r.kind == replyParseComplete:
-		delete(ss.stmts, r.client)
 	case r.kind == replyCloseComplete && r.saved != nil:
-		ss.stmts[r.client] = r.saved
-	case r.fromServer() && r.msg == 'P' && r.stmt != "":
-		sc.ForgetPrepared(r.stmt)
-		if cs := ss.stmts[r.client]; r.client != "" && cs != nil && cs.server == r.stmt {
-			delete(ss.stmts, r.client)
+		ss.restoreStmtLocked(r.client, r.saved)
+	case r.fromServer() && r.msg == 'P' && r.stmt == "":
+		// The unnamed statement was not created.
+		ss.unnamed = ss.unnamed[:0]
+		sc.SetUnnamedOwner(nil)
+	case r.fromServer() && r.msg == 'P':
+		// The server does not have the statement: it refused or skipped
+		// the Parse.
+		sc.StmtFailed(r.stmt)
+		if cs := r.cs; cs.sc == sc && cs.name == r.stmt {
+			cs.sc, cs.name = nil, ""
 		}
+		if r.kind == replyForward && ss.stmts[r.client] == r.cs {
+			delete(ss.stmts, r.client)
+			ss.releaseStmt(r.cs)
+		}
+	case r.fromServer() && r.msg == 'D' && r.verify:
+		ss.verifyWait = false
+		ss.changed.Broadcast()
 	case r.kind == replySwallow && r.msg == 'C':
 		// The server skipped the Close: the statement is still there.
 		sc.CloseLater(r.stmt)
 	}
 }
 
-// noteErrorLocked looks at an ErrorResponse for the head of the queue: a
-// statement whose result type changed under it is prepared afresh next time.
-func (ss *session) noteErrorLocked(sc *pool.Conn, r *reply, msg []byte) {
+// noteErrorLocked notes an ErrorResponse for the head of the queue.
+//
+// A server statement that fails that way keeps its place: it has the shape
+// of the client statements that use it, which have changed under their
+// clients just as much, and Postgres would tell them so.
+func (ss *session) noteErrorLocked(r *reply) {
 	r.failed = true
-	if r.stmt == "" || (r.msg != 'B' && r.msg != 'E') {
-		return
-	}
-	var e pgproto3.ErrorResponse
-	if e.Decode(msg[5:]) == nil && e.Code == "0A000" && strings.Contains(e.Message, "cached plan must not change result type") {
-		sc.MarkStale(r.stmt)
-	}
 }
 
 // relayServer is the server goroutine: it forwards server messages to the
@@ -914,7 +1062,7 @@ func (ss *session) relay(sc *pool.Conn, done chan struct{}, inline bool) {
 		switch t {
 		case 'C', 'E':
 			sc.NoteResult(t == 'E')
-		case '1', '2', '3', 'n', 'T', 'I', 's', 'Z':
+		case '1', '2', '3', 'n', 't', 'T', 'I', 's', 'Z':
 		case 'G':
 			ss.copyInStarted()
 			fallthrough
@@ -955,14 +1103,20 @@ func (ss *session) relay(sc *pool.Conn, done chan struct{}, inline bool) {
 			head := &ss.replies[0]
 			switch {
 			case t == 'E':
-				ss.noteErrorLocked(sc, head, msg)
+				ss.noteErrorLocked(head)
+				if head.substitute {
+					msg = head.frame
+				}
 				if extended(head.msg) {
 					ss.failBatchLocked(sc)
 				}
 			case ends(head.msg, t):
 				forward = forward && head.kind == replyForward
 				if t == '1' && head.stmt != "" {
-					ss.pool.AddKnownStatement(head.stmt)
+					sc.StmtReady(head.stmt)
+				}
+				if head.msg == 'D' && head.cs != nil {
+					ss.shapedLocked(sc, head, t, msg)
 				}
 				if head.dropsAll {
 					sc.ForgetAllPrepared()
@@ -973,6 +1127,9 @@ func (ss *session) relay(sc *pool.Conn, done chan struct{}, inline bool) {
 				ss.popLocked(1)
 			default:
 				forward = forward && head.kind == replyForward
+				if t == 't' && head.msg == 'D' && head.cs != nil {
+					ss.descParams = append(ss.descParams[:0], msg[5:]...)
+				}
 			}
 		}
 		if t != 'Z' {

@@ -176,18 +176,16 @@ func (ss *session) learnLocked(log []byte) int {
 			if !ok {
 				continue
 			}
-			var parse []byte
 			if len(name) == 0 {
 				ss.unnamedRO = false
-				parse = ss.unnamed
+				if parse := ss.unnamed; len(parse) > 5 {
+					if _, query, _, ok := splitParse(parse[5:]); ok {
+						learn(string(query))
+					}
+				}
 			} else if cs := ss.stmts[string(name)]; cs != nil {
 				cs.readOnly = false
-				parse = cs.parse
-			}
-			if len(parse) > 5 {
-				if _, query, _, ok := splitParse(parse[5:]); ok {
-					learn(string(query))
-				}
+				learn(string(cs.query))
 			}
 		}
 	}

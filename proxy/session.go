@@ -72,6 +72,10 @@ type session struct {
 	skipping  bool   // drop messages until Sync, after an error kproxy reported mid-batch
 	lastBound string // server statement of the latest Bind, for Execute
 	unnamed   []byte // the client's latest unnamed Parse, to re-create it on another server connection
+	// unnamedGen counts the client's unnamed Parses: with the session it
+	// makes the unnamedToken that tells a server connection's unnamed
+	// statement is the client's latest.
+	unnamedGen uint64
 	toServer  []byte // messages to write to the server connection
 	toClient  []byte // responses kproxy makes up, to write to the client
 
@@ -95,6 +99,13 @@ type session struct {
 	// stmts maps the client's named statements to server statements
 	// (transaction mode).
 	stmts map[string]*clientStmt // guarded by mu
+	// descParams holds the ParameterDescription of the Describe whose
+	// answer the relay is reading, for its statement's shape; verifyWait
+	// is set while the client goroutine waits for the shape of a statement
+	// prepared again (verifyLocked), and verifyOK says how it came out.
+	descParams []byte // guarded by mu
+	verifyWait bool   // guarded by mu
+	verifyOK   bool   // guarded by mu
 	// pin is why the server connection may not be detached; loaded is set
 	// once the client ran LOAD, which cannot be undone or checked.
 	pin      classify.Effect // guarded by mu
@@ -429,6 +440,9 @@ func (ss *session) close() {
 	}
 	ss.closed = true
 	ss.leaving = true
+	if ss.mode == config.PoolModeTransaction {
+		ss.dropAllStmtsLocked()
+	}
 	sc, done := ss.server, ss.serverDone
 	ss.mu.Unlock()
 	ss.startPendingRelay(sc) // it closes done, which is waited for below

@@ -3,41 +3,99 @@ package proxy
 import (
 	"bytes"
 	"encoding/binary"
+	"hash/fnv"
 
 	"github.com/kproxy/kproxy/pool"
 )
 
-// clientStmt is a client's named prepared statement in transaction mode. Its
-// server-side name is derived from the query text and parameter types, so
-// clients preparing the same statement share one server statement.
+// clientStmt is a client's named prepared statement in transaction mode.
+// What it maps to on a server connection follows the rules in pool's
+// stmt.go: the client's own Parse is prepared afresh, and the statement's
+// shape, learned from the Describe kproxy adds to it, decides which server
+// statements may stand in for it on other connections.
 type clientStmt struct {
-	server   string // server-side statement name
-	parse    []byte // Parse frame that prepares it under the server name
-	readOnly bool   // may run on a replica
+	key   string // pool.StmtKey of its text, declared parameter types and search_path
+	query []byte // its text
+	types []byte // parameter types as the client declared them (count and OIDs, raw)
+	// fixed holds the parameter types the server inferred (count and
+	// OIDs, raw) and shape the hash of its description, once described:
+	// a copy prepared on another connection takes these types, as
+	// Postgres keeps them when it re-plans a statement.
+	fixed    []byte
+	shape    uint64
+	readOnly bool // may run on a replica
+	closed   bool // the client closed it before its shape was known
+	// sc and name are where it was last prepared or found: name is its
+	// server statement on sc while sc.HasStmt(name).
+	sc   *pool.Conn
+	name string
 }
 
-// newClientStmt builds the server statement for a client's Parse of query
-// with paramTypes (the raw count and OIDs). The search_path the client has
-// is part of the name: it decides which tables the statement refers to.
-// The name is pool.StatementName's, which in-process clients use too, so
-// both share the statements prepared on a server connection.
+// newClientStmt builds the statement for a client's Parse of query with
+// paramTypes (the raw count and OIDs). The search_path the client has is
+// part of its key: it decides which tables the statement refers to.
 func newClientStmt(query []byte, paramTypes []byte, searchPath string) *clientStmt {
-	name := pool.StatementName(string(query), paramTypes, searchPath)
-	return &clientStmt{server: name, parse: parseFrame(name, query, paramTypes)}
+	return &clientStmt{
+		key:   pool.StmtKey(string(query), paramTypes, searchPath),
+		query: bytes.Clone(query),
+		types: bytes.Clone(paramTypes),
+	}
+}
+
+func (cs *clientStmt) id() pool.StmtID { return pool.StmtID{Key: cs.key, Shape: cs.shape} }
+
+// shapeOf hashes what a Describe of a statement says that a client may
+// depend on: the parameter types (ParameterDescription body) and each
+// result column's name, type and type modifier (RowDescription body, nil
+// for NoData). Table OIDs and column numbers are left out: a table dropped
+// and created again with the same columns gives statements the same shape,
+// as Postgres' own check of a re-planned statement's result sees it. It is
+// never 0.
+func shapeOf(params, rows []byte) uint64 {
+	h := fnv.New64a()
+	_, _ = h.Write(params)
+	if rows == nil {
+		_, _ = h.Write([]byte{'n'})
+	} else if len(rows) >= 2 {
+		n := int(binary.BigEndian.Uint16(rows))
+		b := rows[2:]
+		for range n {
+			i := bytes.IndexByte(b, 0)
+			if i < 0 || len(b) < i+1+18 {
+				break
+			}
+			_, _ = h.Write(b[:i+1])            // name
+			_, _ = h.Write(b[i+1+6 : i+1+10])  // type OID
+			_, _ = h.Write(b[i+1+12 : i+1+16]) // type modifier
+			b = b[i+1+18:]
+		}
+	}
+	if s := h.Sum64(); s != 0 {
+		return s
+	}
+	return 1
 }
 
 // parseFrame encodes a Parse message; paramTypes is the raw count and OID
 // list as it came from the client.
-func parseFrame(name string, query, paramTypes []byte) []byte {
+func parseFrame(dst []byte, name string, query, paramTypes []byte) []byte {
 	n := 4 + len(name) + 1 + len(query) + 1 + len(paramTypes)
-	b := make([]byte, 0, 1+n)
-	b = append(b, 'P')
-	b = binary.BigEndian.AppendUint32(b, uint32(n))
-	b = append(b, name...)
-	b = append(b, 0)
-	b = append(b, query...)
-	b = append(b, 0)
-	return append(b, paramTypes...)
+	dst = append(dst, 'P')
+	dst = binary.BigEndian.AppendUint32(dst, uint32(n))
+	dst = append(dst, name...)
+	dst = append(dst, 0)
+	dst = append(dst, query...)
+	dst = append(dst, 0)
+	return append(dst, paramTypes...)
+}
+
+// describeStmtFrame encodes Describe of a prepared statement.
+func describeStmtFrame(dst []byte, name string) []byte {
+	dst = append(dst, 'D')
+	dst = binary.BigEndian.AppendUint32(dst, uint32(4+1+len(name)+1))
+	dst = append(dst, 'S')
+	dst = append(dst, name...)
+	return append(dst, 0)
 }
 
 // closeStmtFrame encodes Close of a prepared statement.
