@@ -34,12 +34,12 @@ const (
 
 // reply is one entry of a session's reply queue.
 type reply struct {
-	kind     replyKind
-	msg      byte        // frontend message type the server answers
-	stmt     string      // server statement a Parse prepares, a Close closes, or a Bind/Execute uses
-	client   string      // client statement a Parse defines or a Close removed
-	saved    *clientStmt // statement a made-up CloseComplete removed, restored if its batch fails
-	frame    []byte      // replyError's ErrorResponse; with substitute, what replaces the server's error
+	kind   replyKind
+	msg    byte        // frontend message type the server answers
+	stmt   string      // server statement a Parse prepares, a Close closes, or a Bind/Execute uses
+	client string      // client statement a Parse defines or a Close removed
+	saved  *clientStmt // statement a made-up CloseComplete removed, restored if its batch fails
+	frame  []byte      // replyError's ErrorResponse; with substitute, what replaces the server's error
 	// cs is the client statement whose Parse this answers, or whose shape
 	// this Describe learns or, with verify, checks.
 	cs         *clientStmt

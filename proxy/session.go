@@ -76,8 +76,8 @@ type session struct {
 	// makes the unnamedToken that tells a server connection's unnamed
 	// statement is the client's latest.
 	unnamedGen uint64
-	toServer  []byte // messages to write to the server connection
-	toClient  []byte // responses kproxy makes up, to write to the client
+	toServer   []byte // messages to write to the server connection
+	toClient   []byte // responses kproxy makes up, to write to the client
 
 	// routing is set in transaction mode with replicas configured: each
 	// transaction goes where the router sends it.
