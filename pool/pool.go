@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
@@ -111,6 +112,9 @@ type Pool struct {
 	// garbage counts the clients' statements and lists those none holds
 	// any more (stmt.go).
 	garbage stmtGarbage
+	// known holds the keys of statements some connection prepared
+	// without error.
+	known *lru.Cache[string, struct{}]
 }
 
 func (p *Pool) maxPrepared() int {
@@ -151,7 +155,12 @@ func New(cfg Config, log *zap.Logger) (*Pool, error) {
 	if pgc.RuntimeParams == nil {
 		pgc.RuntimeParams = map[string]string{}
 	}
+	known, err := lru.New[string, struct{}](knownStmts)
+	if err != nil {
+		return nil, err
+	}
 	p := &Pool{
+		known:  known,
 		cfg:    cfg,
 		log:    log.With(zap.String("backend", cfg.Addr), zap.String("database", cfg.Database), zap.String("user", cfg.User)),
 		pgc:    pgc,

@@ -268,3 +268,16 @@ func (p *Pool) stmtRefs(id StmtID) int {
 	defer g.mu.Unlock()
 	return g.refs[id]
 }
+
+// KnownStmt reports whether a statement with key was prepared without
+// error on a connection of the pool.
+func (p *Pool) KnownStmt(key string) bool {
+	_, ok := p.known.Get(key)
+	return ok
+}
+
+// AddKnownStmt records that a statement with key prepared without error.
+func (p *Pool) AddKnownStmt(key string) { p.known.Add(key, struct{}{}) }
+
+// knownStmts bounds Pool.known.
+const knownStmts = 10000

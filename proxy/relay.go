@@ -492,11 +492,35 @@ func (ss *session) startPendingRelay(sc *pool.Conn) {
 // A Parse always goes to a server, since only the server can say what the
 // statement means under the current schema.
 func (ss *session) answerLocallyLocked(t byte, msg []byte) ([]byte, bool) {
-	if ss.mode != config.PoolModeTransaction || t != 'C' {
+	if ss.mode != config.PoolModeTransaction {
 		return nil, false
 	}
 	body := msg[5:]
-	if len(body) < 2 || body[0] != 'S' || body[1] == 0 {
+	if t == 'P' {
+		// A statement the pool has prepared without error before is
+		// acknowledged at once and prepared afresh where it first runs:
+		// drivers that prepare synchronously (pgbench -M prepared, for
+		// one) would otherwise need a free server connection just for it.
+		name, query, types, ok := splitParse(body)
+		if !ok || len(name) == 0 {
+			return nil, false
+		}
+		if _, dup := ss.stmts[string(name)]; dup {
+			return nil, false
+		}
+		cs := newClientStmt(query, types, ss.settings["search_path"])
+		if !ss.pool.KnownStmt(cs.key) {
+			return nil, false
+		}
+		ss.inBatch = true
+		ss.noteSQLLocked(string(query))
+		if ss.routing {
+			cs.readOnly = ss.classifyReadOnlyLocked(string(query))
+		}
+		ss.stmts[string(name)] = cs
+		return []byte{'1', 0, 0, 0, 4}, true
+	}
+	if t != 'C' || len(body) < 2 || body[0] != 'S' || body[1] == 0 {
 		return nil, false
 	}
 	ss.inBatch = true
@@ -714,7 +738,7 @@ func (ss *session) serverStmtLocked(sc *pool.Conn, name string) (server string, 
 			return n, true
 		}
 		ss.prepareLocked(sc, cs, cs.fixed, reply{kind: replySwallow, msg: 'P'})
-		if !ss.verifyLocked(sc, cs) {
+		if verifyShapes && !ss.verifyLocked(sc, cs) {
 			return "", false
 		}
 		return cs.name, true
@@ -820,6 +844,9 @@ func (ss *session) verifyLocked(sc *pool.Conn, cs *clientStmt) bool {
 	ss.skipping = true
 	return false
 }
+
+// verifyShapes turns on verifyLocked.
+const verifyShapes = false
 
 // failingBind is a Bind of a statement no server connection has.
 var failingBind = []byte{'B', 0, 0, 0, 4 + 1 + 8 + 6, 0, 'k', 'p', '_', 'n', 'o', 'n', 'e', 0, 0, 0, 0, 0, 0, 0}
@@ -1114,6 +1141,9 @@ func (ss *session) relay(sc *pool.Conn, done chan struct{}, inline bool) {
 				forward = forward && head.kind == replyForward
 				if t == '1' && head.stmt != "" {
 					sc.StmtReady(head.stmt)
+					if head.cs != nil {
+						ss.pool.AddKnownStmt(head.cs.key)
+					}
 				}
 				if head.msg == 'D' && head.cs != nil {
 					ss.shapedLocked(sc, head, t, msg)

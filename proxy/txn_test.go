@@ -366,11 +366,13 @@ func TestAPreparedStatementHealsAfterAlterTable(t *testing.T) {
 
 	_, err = admin.Exec(ctx, "ALTER TABLE heal_t ADD COLUMN b int DEFAULT 7")
 	require.NoError(t, err)
-	// Postgres refuses to reuse the plan once; kproxy then prepares the
-	// statement afresh, so the next execution works.
-	if _, err := run(); err != nil {
-		requireSQLState(t, err, "0A000")
-	}
+	// As on Postgres, the client's statement still has its old result
+	// columns: running it fails until the client prepares it again.
+	_, err = run()
+	requireSQLState(t, err, "0A000")
+	require.NoError(t, pc.Deallocate(ctx, "heal"))
+	_, err = pc.Prepare(ctx, "heal", "SELECT * FROM heal_t WHERE id = $1", nil)
+	require.NoError(t, err)
 	for range 3 {
 		rows, err = run()
 		require.NoError(t, err)
