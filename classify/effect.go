@@ -62,13 +62,25 @@ type Session struct {
 	// Deallocate is the statement name when sql is exactly one
 	// "DEALLOCATE [PREPARE] name".
 	Deallocate string
+	// RunsCode is set for DO, CALL and calls of the user functions given
+	// to ScanSessionCalls: code that may change any session state (a
+	// setting, the role) without the text saying so.
+	RunsCode bool
+	// FunctionDDL is set for CREATE, ALTER and DROP of a function, a
+	// procedure or an extension, after which the user functions are
+	// loaded again.
+	FunctionDDL bool
 }
 
 // SessionEffect returns the pin candidate of sql, or EffectNone.
 func SessionEffect(sql string) Effect { return ScanSession(sql).Pin }
 
 // ScanSession scans every statement of sql.
-func ScanSession(sql string) Session {
+func ScanSession(sql string) Session { return ScanSessionCalls(sql, nil) }
+
+// ScanSessionCalls is ScanSession that also sets RunsCode when sql calls
+// one of userFuncs (names lower-cased, as an unquoted identifier is).
+func ScanSessionCalls(sql string, userFuncs map[string]bool) Session {
 	var s Session
 	lx := lexer{src: sql}
 	var kw [16]string
@@ -94,7 +106,11 @@ func ScanSession(sql string) Session {
 		if tok.kind == tokWord {
 			w := keyword(tok.text)
 			if lx.peekByte() == '(' {
-				s.addFunction(w)
+				if w != "" {
+					s.addFunction(w)
+				} else if len(userFuncs) > 0 && userFuncs[lowerName(tok.text)] {
+					s.RunsCode = true
+				}
 			}
 			if len(words) < len(raw) {
 				raw[len(words)] = tok.text
@@ -112,7 +128,7 @@ func init() {
 		"set", "local", "transaction", "constraints", "reset", "discard", "all", "prepare", "deallocate",
 		"listen", "unlisten", "drop", "close", "commit", "end", "rollback", "abort", "load",
 		"declare", "for", "with", "hold", "create", "temp", "temporary", "table", "view", "sequence",
-		"function", "index", "into", "set_config",
+		"function", "index", "into", "set_config", "do", "call", "alter", "procedure", "extension",
 		"pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock", "pg_try_advisory_lock_shared",
 		"pg_advisory_unlock", "pg_advisory_unlock_shared", "pg_advisory_unlock_all",
 	} {
@@ -197,6 +213,8 @@ func (s *Session) addStatement(w []string, raw *[3]string, n int) {
 		} else if n == 1 && len(w) <= 3 {
 			s.Deallocate = lowerASCII(raw[i])
 		}
+	case "do", "call":
+		s.RunsCode = true
 	case "listen":
 		s.pin(EffectListen)
 	case "unlisten", "drop", "close", "commit", "end", "rollback", "abort":
@@ -220,12 +238,42 @@ func (s *Session) addStatement(w []string, raw *[3]string, n int) {
 			}
 		}
 	}
+	switch w[0] {
+	case "create", "alter", "drop":
+		for i := 1; i < len(w) && i <= 4; i++ {
+			if w[i] == "function" || w[i] == "procedure" || w[i] == "extension" {
+				s.FunctionDDL = true
+				break
+			}
+		}
+	}
 	// SELECT … INTO TEMP t, possibly inside WITH or EXPLAIN.
 	for i := 0; i+1 < len(w); i++ {
 		if w[i] == "into" && (w[i+1] == "temp" || w[i+1] == "temporary") {
 			s.pin(EffectTempTable)
 		}
 	}
+}
+
+// maxNameLen is the longest identifier Postgres keeps (NAMEDATALEN-1).
+const maxNameLen = 63
+
+// lowerName returns word lower-cased for a map lookup, without allocating
+// when the caller only indexes a map with it; words longer than any
+// identifier give "".
+func lowerName(word string) string {
+	if len(word) > maxNameLen {
+		return ""
+	}
+	var b [maxNameLen]byte
+	for i := range len(word) {
+		c := word[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		b[i] = c
+	}
+	return string(b[:len(word)])
 }
 
 // lowerASCII lower-cases the ASCII letters of s.

@@ -191,34 +191,68 @@ func (c *Cluster) pool(addr string, b config.Backend, database, user string) (*P
 	return c.poolLocked(addr, b, database, user)
 }
 
-// VolatileFunctions lists the primary's user-defined functions that are
-// neither IMMUTABLE nor STABLE, by name and schema-qualified name, for the
-// classifier: calls to them must run on the primary.
-func (c *Cluster) VolatileFunctions(ctx context.Context) ([]string, error) {
+// UserFunctions is what the primary's user-defined functions mean to
+// kproxy: which calls must run on the primary, and which may change the
+// session.
+type UserFunctions struct {
+	// Volatile lists the functions and procedures that are neither
+	// IMMUTABLE nor STABLE, by name and schema-qualified name, lower-cased:
+	// calls to them must run on the primary, and may change the session.
+	Volatile []string
+	// Settings lists the custom (dotted) settings that function bodies set
+	// by name, with set_config or SET, lower-cased. pg_settings does not
+	// list custom settings, so these are the names read back after a
+	// transaction that ran code. At most 1000 are listed.
+	Settings []string
+}
+
+// userFunctionsSQL lists the volatile user functions; functionSettingsSQL
+// the custom setting names their bodies mention.
+const (
+	userFunctionsSQL = `SELECT lower(p.proname), lower(n.nspname || '.' || p.proname)
+ FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+ WHERE p.provolatile = 'v' AND p.prokind IN ('f', 'p')
+ AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_%'`
+	functionSettingsSQL = `SELECT DISTINCT lower(m[1]) FROM pg_catalog.pg_proc p
+ JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace,
+ LATERAL pg_catalog.regexp_matches(p.prosrc,
+  '(?:set_config\s*\(\s*''|\m(?:set|reset)\s+(?:session\s+)?)([a-z_][a-z0-9_$]*\.[a-z_][a-z0-9_$]*)', 'gi') m
+ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_%'
+ LIMIT 1000`
+)
+
+// UserFunctions reads the primary's user-defined functions (see
+// UserFunctions).
+func (c *Cluster) UserFunctions(ctx context.Context) (UserFunctions, error) {
 	c.mu.Lock()
 	cfg := c.cfg
 	c.mu.Unlock()
+	var uf UserFunctions
 	pc, err := monitorConfig(cfg.Routing, cfg.BackendTLS, cfg.Primary, "kproxy_catalog")
 	if err != nil {
-		return nil, err
+		return uf, err
 	}
 	conn, err := pgconn.ConnectConfig(ctx, pc)
 	if err != nil {
-		return nil, err
+		return uf, err
 	}
 	defer conn.Close(context.Background())
-	res := conn.ExecParams(ctx, `SELECT p.proname, n.nspname || '.' || p.proname
- FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
- WHERE p.provolatile = 'v' AND p.prokind IN ('f', 'p')
- AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_%'`, nil, nil, nil, nil).Read()
+	res := conn.ExecParams(ctx, userFunctionsSQL, nil, nil, nil, nil).Read()
 	if res.Err != nil {
-		return nil, res.Err
+		return uf, res.Err
 	}
-	names := make([]string, 0, 2*len(res.Rows))
+	uf.Volatile = make([]string, 0, 2*len(res.Rows))
 	for _, r := range res.Rows {
-		names = append(names, string(r[0]), string(r[1]))
+		uf.Volatile = append(uf.Volatile, string(r[0]), string(r[1]))
 	}
-	return names, nil
+	res = conn.ExecParams(ctx, functionSettingsSQL, nil, nil, nil, nil).Read()
+	if res.Err != nil {
+		return uf, res.Err
+	}
+	for _, r := range res.Rows {
+		uf.Settings = append(uf.Settings, string(r[0]))
+	}
+	return uf, nil
 }
 
 // RoutingStats is a snapshot of routing decisions and replica states.

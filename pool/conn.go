@@ -43,6 +43,11 @@ type Conn struct {
 	// start-up defaults; settingsKey is SettingsKey(settings).
 	settings    map[string]string
 	settingsKey string
+	// stateOwner, when set, is the holder whose session may have left
+	// state on the connection that settings does not describe (code it
+	// ran, a DO block or a function, may have set anything): before the
+	// connection serves anyone else it must be reset (ResetSession).
+	stateOwner any
 
 	// prepared holds the statements kproxy prepared on this connection by
 	// name, least recently used first out; byID indexes those of network
@@ -318,14 +323,28 @@ func (c *Conn) SetSettings(m map[string]string) {
 	c.settingsKey = SettingsKey(c.settings)
 }
 
+// Settings that Sync orders itself: the session user and the role change
+// who may set what, so they are undone first and applied last (the session
+// user before the role, which changing it resets).
+const (
+	settingSessionAuth = "session_authorization"
+	settingRole        = "role"
+)
+
 // Sync brings the connection's session settings in line with want (name →
 // value): settings that differ are set, settings kproxy applied earlier that
 // want lacks are reset. It sends one statement at most.
 func (c *Conn) Sync(ctx context.Context, want map[string]string) error {
 	var b strings.Builder
+	identity := c.settings[settingSessionAuth] != want[settingSessionAuth] || c.settings[settingRole] != want[settingRole]
+	if identity && (c.settings[settingSessionAuth] != "" || c.settings[settingRole] != "") {
+		b.WriteString("RESET SESSION AUTHORIZATION;RESET ROLE;")
+	}
 	names := make([]string, 0, len(want))
 	for k := range want {
-		names = append(names, k)
+		if k != settingSessionAuth && k != settingRole {
+			names = append(names, k)
+		}
 	}
 	sort.Strings(names)
 	for _, k := range names {
@@ -337,13 +356,20 @@ func (c *Conn) Sync(ctx context.Context, want map[string]string) error {
 	}
 	var resets []string
 	for k := range c.settings {
-		if _, ok := want[k]; !ok {
+		if _, ok := want[k]; !ok && k != settingSessionAuth && k != settingRole {
 			resets = append(resets, k)
 		}
 	}
 	sort.Strings(resets)
 	for _, k := range resets {
 		fmt.Fprintf(&b, "RESET %s;", quoteIdent(k))
+	}
+	if identity {
+		for _, k := range [...]string{settingSessionAuth, settingRole} {
+			if v := want[k]; v != "" {
+				fmt.Fprintf(&b, "SELECT pg_catalog.set_config(%s, %s, false);", quoteLiteral(k), quoteLiteral(v))
+			}
+		}
 	}
 	if b.Len() == 0 {
 		return nil
@@ -354,6 +380,27 @@ func (c *Conn) Sync(ctx context.Context, want map[string]string) error {
 		return err
 	}
 	c.SetSettings(want)
+	return nil
+}
+
+// SetStateOwner records that holder's session may have left state on the
+// connection beyond its settings (see ResetSession).
+func (c *Conn) SetStateOwner(holder any) { c.stateOwner = holder }
+
+// NeedsReset reports whether the connection may hold session state of
+// someone other than holder that its settings do not describe.
+func (c *Conn) NeedsReset(holder any) bool { return c.stateOwner != nil && c.stateOwner != holder }
+
+// ResetSession returns every setting of the session to its start-up value,
+// the session user and the role included, keeping prepared statements:
+// for a connection whose state is not fully known (NeedsReset).
+func (c *Conn) ResetSession(ctx context.Context) error {
+	if err := c.Exec(ctx, "RESET SESSION AUTHORIZATION;RESET ROLE;RESET ALL"); err != nil {
+		c.broken = true
+		return err
+	}
+	c.SetSettings(nil)
+	c.stateOwner = nil
 	return nil
 }
 
@@ -514,6 +561,7 @@ func (c *Conn) Reset(ctx context.Context) error {
 		return err
 	}
 	c.SetSettings(nil)
+	c.stateOwner = nil
 	c.ForgetAllPrepared()
 	return nil
 }

@@ -235,12 +235,12 @@ func (db *DB) Tx(ctx context.Context, fn func(tx *Tx) error) error { return db.d
 // loadVolatileFunctions gives the classifier the primary's volatile
 // functions, whose calls must run on the primary.
 func (db *DB) loadVolatileFunctions(ctx context.Context) {
-	names, err := db.cluster.VolatileFunctions(ctx)
+	uf, err := db.cluster.UserFunctions(ctx)
 	if err != nil {
 		db.log.Warn("could not load volatile functions from the primary", zap.Error(err))
 		return
 	}
-	db.classifier.SetVolatileFunctions(names)
+	db.classifier.SetVolatileFunctions(uf.Volatile)
 }
 
 // refreshFunctions reloads the volatile functions whenever asked, until

@@ -513,7 +513,7 @@ func (ss *session) answerLocallyLocked(t byte, msg []byte) ([]byte, bool) {
 			return nil, false
 		}
 		ss.inBatch = true
-		ss.noteSQLLocked(string(query))
+		_, cs.effect = ss.noteSQLLocked(string(query))
 		if ss.routing {
 			cs.readOnly = ss.classifyReadOnlyLocked(string(query))
 		}
@@ -571,14 +571,16 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 			return fatalf(codeProtocolViolation, "invalid Parse message")
 		}
 		ro := false
+		var eff stmtEffect
 		if tx {
-			ss.noteSQLLocked(string(query))
+			_, eff = ss.noteSQLLocked(string(query))
 			ro = ss.noteRouteLocked(string(query))
 		}
 		if !tx || len(name) == 0 {
 			if tx {
 				ss.unnamed = append(ss.unnamed[:0], msg...)
 				ss.unnamedRO = ro
+				ss.unnamedEffect = eff
 				ss.unnamedGen++
 				sc.SetUnnamedOwner(unnamedToken{ss, ss.unnamedGen})
 			}
@@ -592,6 +594,7 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 		}
 		cs := newClientStmt(query, types, ss.settings["search_path"])
 		cs.readOnly = ro
+		cs.effect = eff
 		ss.stmts[n] = cs
 		ss.prepareLocked(sc, cs, cs.types, reply{kind: replyForward, msg: 'P', client: n})
 	case 'B':
@@ -604,6 +607,7 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 			ss.lastBound = ""
 			if tx {
 				ss.ensureUnnamedLocked(sc)
+				ss.markLocked(ss.unnamedEffect)
 			}
 			ss.send(msg, reply{kind: replyForward, msg: 'B'})
 			return nil
@@ -656,7 +660,7 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 			ss.unnamed = ss.unnamed[:0]
 			sc.SetUnnamedOwner(nil)
 			text := cstring(body)
-			scan := ss.noteSQLLocked(text)
+			scan, _ := ss.noteSQLLocked(text)
 			ss.noteRouteLocked(text)
 			if _, ok := ss.stmts[scan.Deallocate]; ok && scan.Deallocate != "" {
 				ss.dropStmtLocked(scan.Deallocate)
@@ -729,6 +733,7 @@ func (ss *session) serverStmtLocked(sc *pool.Conn, name string) (server string, 
 		ss.madeUpErrorLocked(&Error{Severity: severityError, Code: "26000", Message: fmt.Sprintf("prepared statement %q does not exist", name)})
 		return "", false
 	}
+	ss.markLocked(cs.effect)
 	if cs.sc == sc && sc.HasStmt(cs.name) {
 		return cs.name, true
 	}
@@ -935,14 +940,39 @@ func (ss *session) copyInStarted() {
 	}
 }
 
-// noteSQLLocked records what a statement may do to the session, to be
+// stmtEffect is what running a statement may do to the session, to be
 // checked at the next safe point.
-func (ss *session) noteSQLLocked(sql string) classify.Session {
-	scan := classify.ScanSession(sql)
+type stmtEffect uint8
+
+const (
+	effectSettings stmtEffect = 1 << iota // changes settings
+	effectPins                            // may take or drop state that pins
+	effectCode                            // runs code: may change anything
+)
+
+// noteSQLLocked records what a statement may do to the session, to be
+// checked at the next safe point, and returns the scan and the effect.
+func (ss *session) noteSQLLocked(sql string) (classify.Session, stmtEffect) {
+	var funcs map[string]bool
+	if m := ss.srv.userFuncs.Load(); m != nil {
+		funcs = *m
+	}
+	scan := classify.ScanSessionCalls(sql, funcs)
+	if scan.FunctionDDL {
+		ss.funcDDL = true
+		ss.srv.requestRefresh()
+	}
+	var eff stmtEffect
 	if scan.Settings {
-		ss.dirtySettings = true
+		eff |= effectSettings
+	}
+	if scan.RunsCode || ss.srv.funcsStale.Load() {
+		eff |= effectCode
+	}
+	if eff != 0 {
 		// Custom settings (app.tenant, kproxy.target) are not in
-		// pg_settings: remember their names to read them back.
+		// pg_settings: remember the names the text sets (in a DO block's
+		// body too) to read them back.
 		for _, m := range customSettingRE.FindAllStringSubmatch(sql, -1) {
 			name := strings.ToLower(m[1] + m[2])
 			if ss.customSettings == nil {
@@ -958,11 +988,28 @@ func (ss *session) noteSQLLocked(sql string) classify.Session {
 		ss.loaded = true
 		ss.setPinLocked(classify.EffectLoad)
 	case scan.Pin != classify.EffectNone:
-		ss.checkPins = true
+		eff |= effectPins
 	case scan.MayRelease && ss.pin != classify.EffectNone:
 		ss.checkPins = true
 	}
-	return scan
+	ss.markLocked(eff)
+	return scan, eff
+}
+
+// markLocked asks for what eff may have changed to be read back at the
+// next safe point. Code may change any setting, take any pinning state,
+// and set custom settings whose names kproxy never sees: the connection
+// is reset before it serves another client (pool.Conn.NeedsReset).
+func (ss *session) markLocked(eff stmtEffect) {
+	if eff&(effectSettings|effectCode) != 0 {
+		ss.dirtySettings = true
+	}
+	if eff&(effectPins|effectCode) != 0 {
+		ss.checkPins = true
+	}
+	if eff&effectCode != 0 {
+		ss.ranCode = true
+	}
 }
 
 // failBatchLocked handles an ErrorResponse to the extended-protocol message
@@ -1093,6 +1140,14 @@ func (ss *session) relay(sc *pool.Conn, done chan struct{}, inline bool) {
 		case 'G':
 			ss.copyInStarted()
 			fallthrough
+		case 'S':
+			// A reported setting changed, whatever changed it (SET, a
+			// function, SET SESSION AUTHORIZATION): read the settings
+			// back at the safe point.
+			ss.mu.Lock()
+			ss.dirtySettings = true
+			ss.mu.Unlock()
+			fallthrough
 		default: // rows, copy data, notices: never the end of an answer
 			if ss.writeClient(msg, sc.Buffered() == 0) != nil {
 				sc.MarkBroken()
@@ -1214,6 +1269,11 @@ func (ss *session) readyForQueryLocked(sc *pool.Conn, st byte, post *[]byte) boo
 	*post = ss.takeMadeUpLocked((*post)[:0])
 	tx := ss.mode == config.PoolModeTransaction
 	safe := ss.idleLocked()
+	if safe && ss.funcDDL {
+		// Now that it has committed (or not), load the functions again.
+		ss.funcDDL = false
+		ss.srv.requestRefresh()
+	}
 	if safe && tx && !ss.leaving && (ss.dirtySettings || ss.checkPins || ss.wrote) {
 		ch := make(chan struct{})
 		ss.checking = ch
@@ -1303,13 +1363,27 @@ func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''
 // now, so that they can follow it to other server connections.
 func (ss *session) checkSession(sc *pool.Conn) {
 	ss.mu.Lock()
-	pins, settings, wrote := ss.checkPins, ss.dirtySettings, ss.wrote
-	ss.checkPins, ss.dirtySettings, ss.wrote = false, false, false
+	pins, settings, wrote, ranCode := ss.checkPins, ss.dirtySettings, ss.wrote, ss.ranCode
+	ss.checkPins, ss.dirtySettings, ss.wrote, ss.ranCode = false, false, false, false
 	custom := make([]string, 0, len(ss.customSettings))
 	for n := range ss.customSettings {
 		custom = append(custom, n)
 	}
+	if ranCode {
+		if fs := ss.srv.funcSettings.Load(); fs != nil {
+			for _, n := range *fs {
+				if !ss.customSettings[n] {
+					custom = append(custom, n)
+				}
+			}
+		}
+	}
 	ss.mu.Unlock()
+	if ranCode {
+		// Whatever the code did beyond what is read back here, no other
+		// client sees it: the connection is reset before serving one.
+		sc.SetStateOwner(ss)
+	}
 	var q strings.Builder
 	if wrote {
 		// Where the client's write ended, for read-your-writes.
@@ -1320,6 +1394,12 @@ func (ss *session) checkSession(sc *pool.Conn) {
 	}
 	if settings {
 		q.WriteString(settingsSQL)
+		// The session user and the role are settings pg_settings does not
+		// list; they are read back when they differ from a fresh session's.
+		fmt.Fprintf(&q, " UNION ALL SELECT 'session_authorization', pg_catalog.current_setting('session_authorization')"+
+			" WHERE pg_catalog.current_setting('session_authorization') <> %s"+
+			" UNION ALL SELECT 'role', pg_catalog.current_setting('role') WHERE pg_catalog.current_setting('role') <> 'none'",
+			quoteLiteral(ss.user))
 		if len(custom) > 0 {
 			q.WriteString(" UNION ALL SELECT n, pg_catalog.current_setting(n, true) FROM pg_catalog.unnest(ARRAY[")
 			for i, n := range custom {

@@ -31,13 +31,22 @@ type Server struct {
 	tls     atomic.Pointer[tls.Config] // nil: SSLRequest is declined
 	auth    *authenticator
 	stats   counters
-	// classifier decides which statements may run on replicas; with
-	// replicas configured, refresh asks for its list of volatile user
-	// functions to be reloaded from the primary.
+	// classifier decides which statements may run on replicas; refresh
+	// asks for the primary's volatile user functions to be loaded again,
+	// for it and for userFuncs.
 	classifier  *classify.Classifier
 	refresh     chan struct{}
 	stopRefresh chan struct{}
 	refreshDone chan struct{}
+	// userFuncs holds the volatile user functions by lower-cased name
+	// (calls to them may change the session) and funcSettings the custom
+	// settings their bodies set; funcsStale is set from a request to
+	// load them until a load that began after it succeeds, and meanwhile
+	// every transaction counts as running code.
+	userFuncs    atomic.Pointer[map[string]bool]
+	funcSettings atomic.Pointer[[]string]
+	funcsStale   atomic.Bool
+	funcsAsked   atomic.Uint64 // requests to load them
 
 	// paused is set while PAUSE on the admin console holds back new
 	// transactions of every database (pausedAll) or of some (pausedDBs);
@@ -107,12 +116,9 @@ func New(cfg *config.Config, cluster *pool.Cluster, log *zap.Logger) (*Server, e
 	s.refresh = make(chan struct{}, 1)
 	s.stopRefresh = make(chan struct{})
 	s.refreshDone = make(chan struct{})
-	if len(cfg.Replicas) > 0 {
-		s.refresh <- struct{}{}
-		go s.refreshFunctions()
-	} else {
-		close(s.refreshDone)
-	}
+	s.funcsStale.Store(true)
+	s.refresh <- struct{}{}
+	go s.refreshFunctions()
 	s.stopSweep = make(chan struct{})
 	s.sweepDone = make(chan struct{})
 	if p, err := netpark.New(); err != nil {
@@ -125,36 +131,60 @@ func New(cfg *config.Config, cluster *pool.Cluster, log *zap.Logger) (*Server, e
 	return s, nil
 }
 
-// refreshFunctions reloads the volatile user functions from the primary
-// whenever asked (at start and after DDL), until Shutdown.
+// functionsEvery is how often the user functions are loaded again when
+// nothing asked: functions created directly on the primary are known after
+// this long at most.
+const functionsEvery = 30 * time.Second
+
+// refreshFunctions loads the user functions from the primary whenever
+// asked (at start and after DDL of functions) and every functionsEvery,
+// until Shutdown.
 func (s *Server) refreshFunctions() {
 	defer close(s.refreshDone)
-	for {
+	tick := time.NewTicker(functionsEvery)
+	defer tick.Stop()
+	for first := true; ; first = false {
 		select {
 		case <-s.stopRefresh:
 			return
 		case <-s.refresh:
+			if first {
+				break
+			}
+			// Let the DDL that asked commit first.
+			select {
+			case <-s.stopRefresh:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		case <-tick.C:
 		}
-		// Let the DDL that asked commit first.
-		select {
-		case <-s.stopRefresh:
-			return
-		case <-time.After(100 * time.Millisecond):
-		}
+		asked := s.funcsAsked.Load()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		names, err := s.cluster.VolatileFunctions(ctx)
+		uf, err := s.cluster.UserFunctions(ctx)
 		cancel()
 		if err != nil {
-			s.log.Warn("could not load volatile functions from the primary", zap.Error(err))
+			s.log.Warn("could not load user functions from the primary", zap.Error(err))
 			continue
 		}
-		s.classifier.SetVolatileFunctions(names)
-		s.log.Debug("volatile functions loaded", zap.Int("count", len(names)/2))
+		s.classifier.SetVolatileFunctions(uf.Volatile)
+		m := make(map[string]bool, len(uf.Volatile))
+		for _, n := range uf.Volatile {
+			m[n] = true
+		}
+		s.userFuncs.Store(&m)
+		s.funcSettings.Store(&uf.Settings)
+		if s.funcsAsked.Load() == asked {
+			s.funcsStale.Store(false)
+		}
+		s.log.Debug("user functions loaded", zap.Int("count", len(uf.Volatile)/2), zap.Int("settings", len(uf.Settings)))
 	}
 }
 
-// requestRefresh asks for the volatile functions to be reloaded.
+// requestRefresh asks for the user functions to be loaded again.
 func (s *Server) requestRefresh() {
+	s.funcsAsked.Add(1)
+	s.funcsStale.Store(true)
 	select {
 	case s.refresh <- struct{}{}:
 	default:

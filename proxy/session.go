@@ -89,6 +89,9 @@ type session struct {
 	minLSN     pool.LSN      // guarded by mu; the primary's WAL position after the client's last write
 	wrote      bool          // guarded by mu; the attached transaction sent a write to the primary
 	unnamedRO  bool          // guarded by mu; the client's unnamed statement is read-only
+	// unnamedEffect is what the client's unnamed statement may do to the
+	// session (see stmtEffect).
+	unnamedEffect stmtEffect // guarded by mu
 	serverDone chan struct{} // guarded by mu; closed when relayServer returns
 	// replies lists, in order, what the server owes for the messages sent
 	// to it and the responses kproxy must make up in between.
@@ -119,6 +122,11 @@ type session struct {
 	// which pg_settings does not list.
 	customSettings map[string]bool // guarded by mu
 	checkPins      bool            // guarded by mu
+	// ranCode is set when the transaction may have run code (a DO block,
+	// CALL, a volatile user function), and funcDDL when the client created,
+	// changed or dropped a function, to load them again once it commits.
+	ranCode bool // guarded by mu
+	funcDDL bool // guarded by mu
 	checking       chan struct{}   // guarded by mu
 	leaving        bool            // guarded by mu; the client is gone, relayServer must stop
 	inlineSC       *pool.Conn      // guarded by mu; the connection relayInline is relaying, if any
@@ -323,11 +331,19 @@ func (ss *session) acquire(p *pool.Pool) (*pool.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	if sc.HasSettings(key) {
+	reset := sc.NeedsReset(ss)
+	if !reset && sc.HasSettings(key) {
 		return sc, nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), p.Limits().ConnectTimeout)
 	defer cancel()
+	if reset {
+		// Another client ran code on it that may have left anything.
+		if err := sc.ResetSession(ctx); err != nil {
+			sc.Release() // ResetSession marked it broken; the pool closes it
+			return nil, err
+		}
+	}
 	if err := sc.Sync(ctx, settings); err != nil {
 		sc.Release() // Sync marked it broken; the pool closes it
 		return nil, err

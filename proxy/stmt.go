@@ -25,6 +25,9 @@ type clientStmt struct {
 	shape    uint64
 	readOnly bool // may run on a replica
 	closed   bool // the client closed it before its shape was known
+	// effect is what running it may do to the session (noteSQLLocked),
+	// marked again at each Bind.
+	effect stmtEffect
 	// sc and name are where it was last prepared or found: name is its
 	// server statement on sc while sc.HasStmt(name).
 	sc   *pool.Conn
