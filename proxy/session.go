@@ -83,16 +83,16 @@ type session struct {
 	// transaction goes where the router sends it.
 	routing bool
 
-	mu         sync.Mutex
-	server     *pool.Conn    // guarded by mu
-	target     pool.Target   // guarded by mu; where server came from
-	minLSN     pool.LSN      // guarded by mu; the primary's WAL position after the client's last write
-	wrote      bool          // guarded by mu; the attached transaction sent a write to the primary
-	unnamedRO  bool          // guarded by mu; the client's unnamed statement is read-only
+	mu        sync.Mutex
+	server    *pool.Conn  // guarded by mu
+	target    pool.Target // guarded by mu; where server came from
+	minLSN    pool.LSN    // guarded by mu; the primary's WAL position after the client's last write
+	wrote     bool        // guarded by mu; the attached transaction sent a write to the primary
+	unnamedRO bool        // guarded by mu; the client's unnamed statement is read-only
 	// unnamedEffect is what the client's unnamed statement may do to the
 	// session (see stmtEffect).
-	unnamedEffect stmtEffect // guarded by mu
-	serverDone chan struct{} // guarded by mu; closed when relayServer returns
+	unnamedEffect stmtEffect    // guarded by mu
+	serverDone    chan struct{} // guarded by mu; closed when relayServer returns
 	// replies lists, in order, what the server owes for the messages sent
 	// to it and the responses kproxy must make up in between.
 	replies  []reply // guarded by mu
@@ -125,11 +125,11 @@ type session struct {
 	// ranCode is set when the transaction may have run code (a DO block,
 	// CALL, a volatile user function), and funcDDL when the client created,
 	// changed or dropped a function, to load them again once it commits.
-	ranCode bool // guarded by mu
-	funcDDL bool // guarded by mu
-	checking       chan struct{}   // guarded by mu
-	leaving        bool            // guarded by mu; the client is gone, relayServer must stop
-	inlineSC       *pool.Conn      // guarded by mu; the connection relayInline is relaying, if any
+	ranCode  bool          // guarded by mu
+	funcDDL  bool          // guarded by mu
+	checking chan struct{} // guarded by mu
+	leaving  bool          // guarded by mu; the client is gone, relayServer must stop
+	inlineSC *pool.Conn    // guarded by mu; the connection relayInline is relaying, if any
 	// pendingRelay is the done channel of an attached connection whose
 	// relay has not started yet, and pendingBytes what was written to it
 	// meanwhile (see settleRelay). Only the client goroutine uses them.
