@@ -175,14 +175,17 @@ func (c *Conn) dropPending() {
 }
 
 // TakeGarbage returns the statements of the connection that no client
-// holds any more (see Pool.UnrefStmt) and forgets them; the holder closes
-// them on the server before anything else it sends.
+// holds any more (see Pool.UnrefStmt), and those replaced or no longer
+// tracked (closeLater), and forgets them; the holder closes them on the
+// server before anything else it sends.
 func (c *Conn) TakeGarbage() []string {
+	names := c.closeLater
+	c.closeLater = nil
 	g := &c.pool.garbage
 	g.mu.Lock()
 	if g.seq == c.gcSeen {
 		g.mu.Unlock()
-		return nil
+		return names
 	}
 	var ids []StmtID
 	full := c.gcSeen < g.seq-uint64(len(g.ids))
@@ -191,7 +194,6 @@ func (c *Conn) TakeGarbage() []string {
 	}
 	c.gcSeen = g.seq
 	g.mu.Unlock()
-	var names []string
 	drop := func(id StmtID) {
 		if name, ok := c.byID[id]; ok && c.pool.stmtRefs(id) == 0 {
 			if e, ok := c.prepared.Peek(name); ok && e.ready {

@@ -314,11 +314,14 @@ func (ss *session) dispatchLocked(t byte, msg []byte, flush bool) bool {
 	sc := ss.server
 	if sc == nil {
 		switch {
-		case t == 'd' || t == 'c' || t == 'f' || t == 'H':
-			// Copy messages outside COPY are ignored, as Postgres does;
-			// Flush has nothing to flush.
+		case t == 'd' || t == 'c' || t == 'f':
+			// Copy messages outside COPY are ignored, as Postgres does.
 			ss.mu.Unlock()
 			return true
+		case t == 'H':
+			// Flush: what kproxy answered itself goes out now.
+			ss.mu.Unlock()
+			return ss.writeClient(nil, true) == nil
 		case t == 'S': // a batch that never needed a server
 			ss.skipping = false
 			ss.inBatch = false
@@ -422,14 +425,19 @@ func (ss *session) dispatchLocked(t byte, msg []byte, flush bool) bool {
 	}
 	toServer, toClient := ss.toServer, ss.toClient
 	ss.writing = len(toServer) > 0 || flush
-	if len(toClient) > 0 {
+	// At a Flush, answers kproxy made up earlier in the batch go out too:
+	// the server may owe nothing, and then no relay write flushes them.
+	toClientNow := len(toClient) > 0 || (t == 'H' && flush)
+	if toClientNow {
 		ss.wmu.Lock() // before unlocking mu: keeps answers in queue order
 	}
 	ss.mu.Unlock()
 
 	var cerr error
-	if len(toClient) > 0 {
-		_, cerr = ss.w.Write(toClient)
+	if toClientNow {
+		if len(toClient) > 0 {
+			_, cerr = ss.w.Write(toClient)
+		}
 		if cerr == nil && flush {
 			cerr = ss.w.Flush()
 		}
