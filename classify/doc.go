@@ -10,7 +10,9 @@
 // In transaction pooling such a statement pins the client to its server
 // connection. The scan is lexical: it skips comments, string literals, quoted
 // identifiers and dollar-quoted bodies, splits on semicolons and looks at
-// keywords, so it is fast and errs on the side of pinning.
+// keywords, so it is fast and errs on the side of pinning. ScanSessionCalls
+// also reports statements that run code (DO, CALL, calls of given user
+// functions), which may change any session state, and DDL of functions.
 //
 // # Classification
 //

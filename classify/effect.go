@@ -62,6 +62,9 @@ type Session struct {
 	// Deallocate is the statement name when sql is exactly one
 	// "DEALLOCATE [PREPARE] name".
 	Deallocate string
+	// DeallocateAll is set when sql is exactly one "DEALLOCATE [PREPARE]
+	// ALL".
+	DeallocateAll bool
 	// RunsCode is set for DO, CALL and calls of the user functions given
 	// to ScanSessionCalls: code that may change any session state (a
 	// setting, the role) without the text saying so.
@@ -99,7 +102,7 @@ func ScanSessionCalls(sql string, userFuncs map[string]bool) Session {
 				continue
 			}
 			if statements != 1 {
-				s.Deallocate = ""
+				s.Deallocate, s.DeallocateAll = "", false
 			}
 			return s
 		}
@@ -210,6 +213,7 @@ func (s *Session) addStatement(w []string, raw *[3]string, n int) {
 		}
 		if at(i) == "all" {
 			s.DropsAllStatements = true
+			s.DeallocateAll = n == 1 && len(w) == i+1
 		} else if n == 1 && len(w) <= 3 {
 			s.Deallocate = lowerASCII(raw[i])
 		}

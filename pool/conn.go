@@ -380,6 +380,7 @@ func (c *Conn) Sync(ctx context.Context, want map[string]string) error {
 		return err
 	}
 	c.SetSettings(want)
+	c.pool.validSettings.Add(c.settingsKey, struct{}{})
 	return nil
 }
 

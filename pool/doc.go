@@ -8,7 +8,14 @@
 // kproxy reads and writes raw protocol frames on it. A Conn remembers the
 // server's last ParameterStatus values and the session settings kproxy
 // applied to it (Sync), so a client's settings are re-applied only when they
-// differ.
+// differ; Sync undoes and applies the session user and the role around the
+// other settings. A Conn whose holder ran code that may have left state no
+// settings map describes (SetStateOwner) reports NeedsReset for any other
+// holder, which then calls ResetSession. The settings a pool's connections
+// applied without error are remembered (ValidSettings), so that a login
+// whose startup parameters no connection has applied yet tries them first.
+// UserFunctions lists the primary's volatile user functions and the custom
+// settings their bodies set.
 //
 // # Pools
 //

@@ -115,6 +115,19 @@ type Pool struct {
 	// known holds the keys of statements some connection prepared
 	// without error.
 	known *lru.Cache[string, struct{}]
+	// validSettings holds the SettingsKeys some connection applied with
+	// Sync without error.
+	validSettings *lru.Cache[string, struct{}]
+}
+
+// validSettingsKeys bounds Pool.validSettings.
+const validSettingsKeys = 1000
+
+// ValidSettings reports whether settings with SettingsKey key were applied
+// without error on a connection of the pool.
+func (p *Pool) ValidSettings(key string) bool {
+	_, ok := p.validSettings.Get(key)
+	return key == "" || ok
 }
 
 func (p *Pool) maxPrepared() int {
@@ -159,14 +172,19 @@ func New(cfg Config, log *zap.Logger) (*Pool, error) {
 	if err != nil {
 		return nil, err
 	}
+	valid, err := lru.New[string, struct{}](validSettingsKeys)
+	if err != nil {
+		return nil, err
+	}
 	p := &Pool{
-		known:  known,
-		cfg:    cfg,
-		log:    log.With(zap.String("backend", cfg.Addr), zap.String("database", cfg.Database), zap.String("user", cfg.User)),
-		pgc:    pgc,
-		limits: cfg.Limits,
-		stop:   make(chan struct{}),
-		done:   make(chan struct{}),
+		known:         known,
+		validSettings: valid,
+		cfg:           cfg,
+		log:           log.With(zap.String("backend", cfg.Addr), zap.String("database", cfg.Database), zap.String("user", cfg.User)),
+		pgc:           pgc,
+		limits:        cfg.Limits,
+		stop:          make(chan struct{}),
+		done:          make(chan struct{}),
 	}
 	p.capacity = cfg.Limits.MaxConnections
 	if cfg.Limits.AdaptiveSizing {

@@ -30,15 +30,36 @@
 // every answer reaching the client in the order Postgres would send it.
 // After an error in an extended batch the queue drops what the server skips.
 //
-// Named statements map to server statements named by a hash of their text,
-// parameter types and search_path (see stmt.go). Settings and pins are read
-// back from the server at the safe point, after a transaction that may have
-// changed them (classify.ScanSession says which): settings from
-// pg_settings, replayed on the next server connection by pool.Conn.Sync;
-// pins by counting listened channels, advisory locks, temporary relations,
-// holdable cursors and SQL prepared statements. A client stays pinned only
-// while that state exists. The client goroutine waits while the read-back
-// runs, so nothing else is on the connection meanwhile.
+// Named statements map to server statements that kproxy names itself (see
+// stmt.go and pool's stmt.go). The invariant that keeps every Bind on the
+// statement its client prepared: a server statement stands in for a
+// client's only with the same text, declared types, search_path and shape
+// (the description the client was given), and is believed to exist on a
+// connection only once that connection's ParseComplete for it was read. A
+// client's Parse is prepared afresh; the unnamed statement is re-created
+// unless the connection holds the client's latest version of it. kproxy
+// never causes a 0A000 itself and gives it where Postgres would (it is not
+// healed: drivers such as pgx expect it, and decode rows with the old
+// description). DEALLOCATE of the client's statements, by any protocol, is
+// run by kproxy itself: on the server the names are kproxy's and the
+// statements shared.
+//
+// No session state crosses clients. Settings and pins are read back from
+// the server at the safe point, after a transaction that may have changed
+// them: a SET, RESET, set_config or DISCARD in its text, a ParameterStatus
+// from the server (whatever changed the setting), or code that may change
+// anything (DO, CALL, a call of a volatile user function, loaded from the
+// primary). Settings come from pg_settings, plus the session user and the
+// role (which pg_settings does not list) and the custom settings named in
+// the client's SQL, DO blocks and function bodies; pool.Conn.Sync replays
+// them on the next server connection, session user and role in order.
+// Pins are read by counting listened channels, advisory locks, temporary
+// relations, holdable cursors and SQL prepared statements; a client stays
+// pinned only while that state exists. A connection whose transaction ran
+// code is reset (RESET SESSION AUTHORIZATION, RESET ROLE, RESET ALL)
+// before it serves another client, since code may set custom settings no
+// text names. The client goroutine waits while the read-back runs, so
+// nothing else is on the connection meanwhile.
 //
 // # Goroutines
 //
@@ -84,7 +105,10 @@
 //
 // kproxy hands each client its own BackendKeyData. A CancelRequest carrying
 // it is forwarded to the server connection running that client's statement,
-// and only while one is running, so another client's statement on the same
+// and only while one is running. The connection is not released at the safe
+// point until the server has taken the forwarded request (bounded by the
+// cancel's 5 s timeout): a cancel that comes after the answer finds the
+// backend idle, which ignores it, so another client's statement on the same
 // server connection is never cancelled.
 //
 // # What it does not do

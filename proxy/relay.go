@@ -29,7 +29,7 @@ const (
 	replyParseComplete                  // make up ParseComplete: the statement was already prepared
 	replyCloseComplete                  // make up CloseComplete: the server statement stays for others
 	replyError                          // make up the ErrorResponse in frame
-	replyDeallocate                     // make up the answer to a DEALLOCATE of a protocol-level statement
+	replyFrame                          // make up frame: kproxy answers the message itself
 )
 
 // reply is one entry of a session's reply queue.
@@ -38,8 +38,11 @@ type reply struct {
 	msg    byte        // frontend message type the server answers
 	stmt   string      // server statement a Parse prepares, a Close closes, or a Bind/Execute uses
 	client string      // client statement a Parse defines or a Close removed
-	saved  *clientStmt // statement a made-up CloseComplete removed, restored if its batch fails
-	frame  []byte      // replyError's ErrorResponse; with substitute, what replaces the server's error
+	saved  *clientStmt // statement a made-up CloseComplete or DEALLOCATE removed, restored if its batch fails
+	// savedAll holds the statements a made-up DEALLOCATE ALL removed, by
+	// name, restored if its batch fails.
+	savedAll map[string]*clientStmt
+	frame    []byte // replyError's ErrorResponse; with substitute, what replaces the server's error
 	// cs is the client statement whose Parse this answers, or whose shape
 	// this Describe learns or, with verify, checks.
 	cs         *clientStmt
@@ -580,9 +583,21 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 		}
 		ro := false
 		var eff stmtEffect
+		var scan classify.Session
 		if tx {
-			_, eff = ss.noteSQLLocked(string(query))
+			scan, eff = ss.noteSQLLocked(string(query))
 			ro = ss.noteRouteLocked(string(query))
+		}
+		if tx && len(name) == 0 {
+			ss.unnamedLocal = ss.localDeallocateLocked(scan)
+			if ss.unnamedLocal != nil {
+				// The server must not run it: its statements are not the
+				// client's names, and other clients' share them.
+				ss.unnamed = ss.unnamed[:0]
+				ss.unnamedGen++
+				ss.enqueueLocked(reply{kind: replyParseComplete})
+				return nil
+			}
 		}
 		if !tx || len(name) == 0 {
 			if tx {
@@ -604,12 +619,35 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 		cs.readOnly = ro
 		cs.effect = eff
 		ss.stmts[n] = cs
+		if cs.local = ss.localDeallocateLocked(scan); cs.local != nil {
+			ss.enqueueLocked(reply{kind: replyParseComplete})
+			return nil
+		}
 		ss.prepareLocked(sc, cs, cs.types, reply{kind: replyForward, msg: 'P', client: n})
 	case 'B':
 		ss.inBatch = true
 		name, start, end, ok := bindStatement(body)
 		if !ok {
 			return fatalf(codeProtocolViolation, "invalid Bind message")
+		}
+		if tx {
+			// A DEALLOCATE kproxy runs itself is bound without the server.
+			local := ss.unnamedLocal
+			if len(name) > 0 {
+				local = nil
+				if cs := ss.stmts[string(name)]; cs != nil {
+					local = cs.local
+				}
+			}
+			portal := cstring(body)
+			if local != nil || portal == ss.portalLocalName {
+				ss.portalLocal, ss.portalLocalName = local, portal
+			}
+			if local != nil {
+				ss.lastBound = ""
+				ss.enqueueLocked(reply{kind: replyFrame, frame: []byte{'2', 0, 0, 0, 4}})
+				return nil
+			}
 		}
 		if !tx || len(name) == 0 {
 			ss.lastBound = ""
@@ -629,6 +667,18 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 		ss.lastBound = server
 	case 'D', 'C':
 		ss.inBatch = true
+		if tx && t == 'D' && len(body) >= 2 {
+			n := cstring(body[1:])
+			switch {
+			case body[0] == 'S' && (n == "" && ss.unnamedLocal != nil || n != "" && ss.stmts[n] != nil && ss.stmts[n].local != nil):
+				// No parameters, no rows.
+				ss.enqueueLocked(reply{kind: replyFrame, frame: []byte{'t', 0, 0, 0, 6, 0, 0, 'n', 0, 0, 0, 4}})
+				return nil
+			case body[0] == 'P' && ss.portalLocal != nil && n == ss.portalLocalName:
+				ss.enqueueLocked(reply{kind: replyFrame, frame: []byte{'n', 0, 0, 0, 4}})
+				return nil
+			}
+		}
 		if !tx || len(body) < 2 || body[0] != 'S' || body[1] == 0 {
 			if tx && t == 'D' && len(body) >= 2 && body[0] == 'S' {
 				ss.ensureUnnamedLocked(sc)
@@ -650,6 +700,10 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 		ss.replies = append(ss.replies, reply{kind: replyForward, msg: 'D', stmt: server})
 	case 'E':
 		ss.inBatch = true
+		if tx && ss.portalLocal != nil && cstring(body) == ss.portalLocalName {
+			ss.deallocateLocked(ss.portalLocal)
+			return nil
+		}
 		ss.send(msg, reply{kind: replyForward, msg: 'E', stmt: ss.lastBound})
 	case 'S':
 		if ss.copyIn { // ignored by the server
@@ -666,13 +720,21 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 		if tx {
 			// A simple Query destroys the unnamed statement.
 			ss.unnamed = ss.unnamed[:0]
+			ss.unnamedLocal = nil
+			if ss.portalLocalName == "" {
+				ss.portalLocal = nil
+			}
 			sc.SetUnnamedOwner(nil)
 			text := cstring(body)
 			scan, _ := ss.noteSQLLocked(text)
 			ss.noteRouteLocked(text)
-			if _, ok := ss.stmts[scan.Deallocate]; ok && scan.Deallocate != "" {
-				ss.dropStmtLocked(scan.Deallocate)
-				ss.enqueueLocked(reply{kind: replyDeallocate})
+			if d := ss.localDeallocateLocked(scan); d != nil {
+				// kproxy answers the DEALLOCATE, and a Sync the
+				// ReadyForQuery: the server answers what kproxy sent it
+				// itself (Closes at attach), gives the transaction status,
+				// and the safe point comes as for any Query.
+				ss.deallocateLocked(d)
+				ss.send([]byte{'S', 0, 0, 0, 4}, reply{kind: replyForward, msg: 'S'})
 				return nil
 			}
 			if scan.DropsAllStatements {
@@ -687,6 +749,54 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 		ss.toServer = append(ss.toServer, msg...)
 	}
 	return nil
+}
+
+// localDeallocate is a DEALLOCATE of protocol-level statements, which
+// kproxy runs itself: on the server the names are kproxy's, and other
+// clients share the statements. name is the client's statement name, or
+// all is set for DEALLOCATE ALL.
+type localDeallocate struct {
+	name string
+	all  bool
+}
+
+// localDeallocateLocked returns the DEALLOCATE scan found if kproxy runs
+// it: DEALLOCATE ALL, or of one of the client's statements. That of a name
+// the client does not have goes to the server, which fails it as Postgres
+// does.
+func (ss *session) localDeallocateLocked(scan classify.Session) *localDeallocate {
+	switch {
+	case scan.DeallocateAll:
+		return &localDeallocate{all: true}
+	case scan.Deallocate != "" && ss.stmts[scan.Deallocate] != nil:
+		return &localDeallocate{name: scan.Deallocate}
+	}
+	return nil
+}
+
+// deallocateLocked runs d: it drops the client statements d names and
+// queues the made-up CommandComplete, which gives them back if its batch
+// fails. A statement closed since d was
+// prepared is reported missing, as Postgres does.
+func (ss *session) deallocateLocked(d *localDeallocate) {
+	r := reply{kind: replyFrame}
+	tag := "DEALLOCATE"
+	switch {
+	case d.all:
+		tag = "DEALLOCATE ALL"
+		r.savedAll = make(map[string]*clientStmt, len(ss.stmts))
+		for n, cs := range ss.stmts {
+			r.savedAll[n] = cs
+		}
+		ss.dropAllStmtsLocked()
+	case ss.stmts[d.name] != nil:
+		r.client, r.saved = d.name, ss.dropStmtLocked(d.name)
+	default:
+		ss.madeUpErrorLocked(&Error{Severity: severityError, Code: "26000", Message: fmt.Sprintf("prepared statement %q does not exist", d.name)})
+		return
+	}
+	r.frame, _ = (&pgproto3.CommandComplete{CommandTag: []byte(tag)}).Encode(nil)
+	ss.enqueueLocked(r)
 }
 
 func (ss *session) send(msg []byte, r reply) {
@@ -894,9 +1004,8 @@ func (ss *session) madeUpFrameLocked(dst []byte, r *reply) []byte {
 		return append(dst, '3', 0, 0, 0, 4)
 	case replyError:
 		return append(dst, r.frame...)
-	case replyDeallocate:
-		dst, _ = (&pgproto3.CommandComplete{CommandTag: []byte("DEALLOCATE")}).Encode(dst)
-		return append(dst, pgwire.ReadyForQuery(ss.txStatus)...)
+	case replyFrame:
+		return append(dst, r.frame...)
 	}
 	return dst
 }
@@ -1042,8 +1151,12 @@ func (ss *session) failBatchLocked(sc *pool.Conn) {
 
 func (ss *session) undoLocked(sc *pool.Conn, r *reply) {
 	switch {
-	case r.kind == replyCloseComplete && r.saved != nil:
+	case (r.kind == replyCloseComplete || r.kind == replyFrame) && r.saved != nil:
 		ss.restoreStmtLocked(r.client, r.saved)
+	case r.kind == replyFrame && r.savedAll != nil:
+		for n, cs := range r.savedAll {
+			ss.restoreStmtLocked(n, cs)
+		}
 	case r.fromServer() && r.msg == 'P' && r.stmt == "":
 		// The unnamed statement was not created.
 		ss.unnamed = ss.unnamed[:0]
@@ -1297,6 +1410,11 @@ func (ss *session) readyForQueryLocked(sc *pool.Conn, st byte, post *[]byte) boo
 		ss.changed.Broadcast()
 	}
 	detach := safe && tx && ss.pin == classify.EffectNone && !ss.leaving
+	// A cancel on its way to the backend must land before another client
+	// gets it; the cancel's own timeout bounds the wait.
+	for detach && ss.cancelling > 0 {
+		ss.changed.Wait()
+	}
 	release := detach
 	var target pool.Target
 	if detach {

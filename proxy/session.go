@@ -91,8 +91,15 @@ type session struct {
 	unnamedRO bool        // guarded by mu; the client's unnamed statement is read-only
 	// unnamedEffect is what the client's unnamed statement may do to the
 	// session (see stmtEffect).
-	unnamedEffect stmtEffect    // guarded by mu
-	serverDone    chan struct{} // guarded by mu; closed when relayServer returns
+	unnamedEffect stmtEffect // guarded by mu
+	// unnamedLocal is set while the client's unnamed statement is a
+	// DEALLOCATE that kproxy answers itself, and portalLocal while the
+	// portal portalLocalName is bound to one (its own or a named
+	// statement's local).
+	unnamedLocal    *localDeallocate // guarded by mu
+	portalLocal     *localDeallocate // guarded by mu
+	portalLocalName string           // guarded by mu
+	serverDone      chan struct{}    // guarded by mu; closed when relayServer returns
 	// replies lists, in order, what the server owes for the messages sent
 	// to it and the responses kproxy must make up in between.
 	replies  []reply // guarded by mu
@@ -141,7 +148,10 @@ type session struct {
 	changed           sync.Cond  // on mu; signalled when writing ends, replies are answered, or relayServer stops
 	copyIn            bool       // guarded by mu; the server is in COPY FROM STDIN and ignores Sync and Flush
 	releaseAfterWrite *pool.Conn // guarded by mu
-	closed            bool       // guarded by mu
+	// cancelling counts the cancel requests being forwarded to server;
+	// the connection is not released before they are done.
+	cancelling int  // guarded by mu
+	closed     bool // guarded by mu
 
 	// A transaction on a replica is replayable until something of its
 	// answer reaches the client: replayLog keeps its client messages, and
@@ -257,9 +267,12 @@ func (ss *session) login() error {
 	// pool knows the server's parameters: taking one would make logins
 	// queue behind busy transactions (and clients that open a connection
 	// per transaction wait on each other).
+	// Settings from the start-up packet that no connection of the pool has
+	// applied yet are tried now, so that a bad one fails the login, as on
+	// Postgres.
 	var sc *pool.Conn
 	params := p.ServerParams()
-	if params == nil || ss.mode == config.PoolModeSession {
+	if params == nil || ss.mode == config.PoolModeSession || !p.ValidSettings(ss.settingsKey) {
 		if sc, err = ss.acquire(p); err != nil {
 			return err
 		}
@@ -376,16 +389,26 @@ func (ss *session) startRelay(sc *pool.Conn, done chan struct{}) {
 }
 
 // cancelRunning forwards a cancel request to the server connection if the
-// client is waiting for an answer on it.
+// client is waiting for an answer on it. Until the server has taken the
+// request, the connection stays with the client (see readyForQueryLocked):
+// a cancel that arrived after the answer then finds the backend idle, which
+// ignores it, and never a statement of the next client.
 func (ss *session) cancelRunning(ctx context.Context) error {
 	ss.mu.Lock()
 	sc := ss.server
 	busy := len(ss.replies) > 0 || ss.inBatch
-	ss.mu.Unlock()
 	if sc == nil || !busy {
+		ss.mu.Unlock()
 		return nil
 	}
-	return sc.Cancel(ctx)
+	ss.cancelling++
+	ss.mu.Unlock()
+	err := sc.Cancel(ctx)
+	ss.mu.Lock()
+	ss.cancelling--
+	ss.changed.Broadcast()
+	ss.mu.Unlock()
+	return err
 }
 
 // closeIfIdle ends the session now if no transaction is open; otherwise the

@@ -28,6 +28,9 @@ type clientStmt struct {
 	// effect is what running it may do to the session (noteSQLLocked),
 	// marked again at each Bind.
 	effect stmtEffect
+	// local is set when it is a DEALLOCATE that kproxy runs itself: it is
+	// never prepared on a server.
+	local *localDeallocate
 	// sc and name are where it was last prepared or found: name is its
 	// server statement on sc while sc.HasStmt(name).
 	sc   *pool.Conn
