@@ -12,7 +12,9 @@
 // identifiers and dollar-quoted bodies, splits on semicolons and looks at
 // keywords, so it is fast and errs on the side of pinning. ScanSessionCalls
 // also reports statements that run code (DO, CALL, calls of given user
-// functions), which may change any session state, and DDL of functions.
+// functions), which may change any session state, DDL of functions, and
+// any CREATE, ALTER or DROP (Schema), after which a text that parsed
+// before may no longer parse.
 //
 // # Classification
 //

@@ -73,6 +73,9 @@ type Session struct {
 	// procedure or an extension, after which the user functions are
 	// loaded again.
 	FunctionDDL bool
+	// Schema is set for CREATE, ALTER and DROP of anything: statements
+	// that may change whether a text that parsed before parses still.
+	Schema bool
 }
 
 // SessionEffect returns the pin candidate of sql, or EffectNone.
@@ -244,6 +247,7 @@ func (s *Session) addStatement(w []string, raw *[3]string, n int) {
 	}
 	switch w[0] {
 	case "create", "alter", "drop":
+		s.Schema = true
 		for i := 1; i < len(w) && i <= 4; i++ {
 			if w[i] == "function" || w[i] == "procedure" || w[i] == "extension" {
 				s.FunctionDDL = true

@@ -112,9 +112,9 @@ type Pool struct {
 	// garbage counts the clients' statements and lists those none holds
 	// any more (stmt.go).
 	garbage stmtGarbage
-	// known holds the keys of statements some connection prepared
-	// without error.
-	known *lru.Cache[string, struct{}]
+	// known maps the keys of statements some connection prepared without
+	// error to the schema generation they were prepared in (KnownStmt).
+	known *lru.Cache[string, KnownShape]
 	// validSettings holds the SettingsKeys some connection applied with
 	// Sync without error.
 	validSettings *lru.Cache[string, struct{}]
@@ -168,7 +168,7 @@ func New(cfg Config, log *zap.Logger) (*Pool, error) {
 	if pgc.RuntimeParams == nil {
 		pgc.RuntimeParams = map[string]string{}
 	}
-	known, err := lru.New[string, struct{}](knownStmts)
+	known, err := lru.New[string, KnownShape](knownStmts)
 	if err != nil {
 		return nil, err
 	}

@@ -271,15 +271,30 @@ func (p *Pool) stmtRefs(id StmtID) int {
 	return g.refs[id]
 }
 
-// KnownStmt reports whether a statement with key was prepared without
-// error on a connection of the pool.
-func (p *Pool) KnownStmt(key string) bool {
-	_, ok := p.known.Get(key)
-	return ok
+// KnownShape is what a connection of the pool learnt of a statement it
+// prepared without error: the schema generation it was prepared in (a
+// number the caller raises whenever the schema may have changed) and what
+// its Describe said. Fixed is never modified.
+type KnownShape struct {
+	Gen   uint64
+	Shape uint64 // the caller's hash of the description
+	Fixed []byte // the parameter types the server inferred (count and OIDs, raw)
+	Rows  bool   // it returns rows
 }
 
-// AddKnownStmt records that a statement with key prepared without error.
-func (p *Pool) AddKnownStmt(key string) { p.known.Add(key, struct{}{}) }
+// KnownStmt returns what is known of the statement with key if it was
+// prepared in schema generation gen: a text is trusted to parse, with
+// that description, only while nothing it names can have changed.
+func (p *Pool) KnownStmt(key string, gen uint64) (KnownShape, bool) {
+	k, ok := p.known.Get(key)
+	if !ok || k.Gen != gen {
+		return KnownShape{}, false
+	}
+	return k, true
+}
+
+// AddKnownStmt records what a Describe said of the statement with key.
+func (p *Pool) AddKnownStmt(key string, k KnownShape) { p.known.Add(key, k) }
 
 // knownStmts bounds Pool.known.
 const knownStmts = 10000

@@ -24,11 +24,19 @@
 // A session's reply queue lists, in order, what the server owes for each
 // message sent to it, and the answers kproxy makes up in between. That lets
 // kproxy add messages of its own (a Parse of a statement the server
-// connection lacks, a Close of one evicted from its LRU) and swallow their
-// answers, and answer some messages itself (ParseComplete for a statement
-// already prepared, CloseComplete, errors for unknown statement names), with
-// every answer reaching the client in the order Postgres would send it.
-// After an error in an extended batch the queue drops what the server skips.
+// connection lacks, a Close of one evicted from its LRU, a Describe that
+// learns a statement's shape) and swallow their answers, and answer some
+// messages itself (CloseComplete, a DEALLOCATE of the client's statements,
+// the description of a statement that returns no rows), with every answer
+// reaching the client in the order Postgres would send it. Every error
+// kproxy makes up goes with a Bind the server fails too, so that the
+// server aborts the batch's transaction and skips to Sync just as Postgres
+// would have. After an error in an extended batch the queue drops what the
+// server skips and undoes, latest first, what planning those messages did
+// to the client's statements; a later batch already planned on top of
+// them gets the earlier state back in its own undo record. A message that
+// uses a statement an earlier batch still running redefines waits for
+// that batch's answer.
 //
 // Named statements map to server statements that kproxy names itself (see
 // stmt.go and pool's stmt.go). The invariant that keeps every Bind on the
@@ -36,13 +44,32 @@
 // client's only with the same text, declared types, search_path and shape
 // (the description the client was given), and is believed to exist on a
 // connection only once that connection's ParseComplete for it was read. A
-// client's Parse is prepared afresh; the unnamed statement is re-created
-// unless the connection holds the client's latest version of it. kproxy
-// never causes a 0A000 itself and gives it where Postgres would (it is not
+// client's Parse reaches the server, so that its errors are the schema's
+// of the moment, except a Parse outside a transaction of a text the pool
+// prepared and described in the current schema generation: that one is
+// acknowledged at once with the description learnt then (drivers that
+// prepare synchronously from one thread for many clients, as pgbench
+// does, would otherwise wait for a free connection while their other
+// clients hold them all). The generation (Server.schemaGen) goes up when
+// kproxy plans a statement that may change the schema (CREATE, ALTER,
+// DROP, code) and again when its transaction ends; DDL that does not pass
+// through kproxy is not seen, and a Parse it made invalid fails at the
+// statement's first Bind or Describe instead. The unnamed statement is the client's *clientStmt,
+// which a server connection records as its owner (pool.Conn.UnnamedOwner):
+// it is re-created, with the parameter types first inferred, unless the
+// connection holds that very statement; its shape is learnt by a Describe
+// kproxy adds after the Parse unless the client describes it itself.
+//
+// A statement prepared again on another connection is described and
+// checked against the shape the client knows: when the schema changed
+// under it, the client gets 0A000 where Postgres would give it (it is not
 // healed: drivers such as pgx expect it, and decode rows with the old
-// description). DEALLOCATE of the client's statements, by any protocol, is
-// run by kproxy itself: on the server the names are kproxy's and the
-// statements shared.
+// description), after the checks Postgres makes first (the Bind's
+// parameter count, 08P01) and, for a Describe, after the parameter types.
+// A Describe of a statement that returns no rows is answered from what
+// kproxy learnt, as Postgres answers it from what it stored. DEALLOCATE of
+// the client's statements, by any protocol, is run by kproxy itself: on
+// the server the names are kproxy's and the statements shared.
 //
 // No session state crosses clients. Settings and pins are read back from
 // the server at the safe point, after a transaction that may have changed

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -28,7 +29,6 @@ const (
 	replySwallow                        // the server answers a message kproxy added: drop it, but pass errors on
 	replyParseComplete                  // make up ParseComplete: the statement was already prepared
 	replyCloseComplete                  // make up CloseComplete: the server statement stays for others
-	replyError                          // make up the ErrorResponse in frame
 	replyFrame                          // make up frame: kproxy answers the message itself
 )
 
@@ -42,14 +42,24 @@ type reply struct {
 	// savedAll holds the statements a made-up DEALLOCATE ALL removed, by
 	// name, restored if its batch fails.
 	savedAll map[string]*clientStmt
-	frame    []byte // replyError's ErrorResponse; with substitute, what replaces the server's error
+	frame    []byte // replyFrame's answer; with substitute, the ErrorResponse that replaces the server's
 	// cs is the client statement whose Parse this answers, or whose shape
 	// this Describe learns or, with verify, checks.
 	cs         *clientStmt
 	verify     bool
 	substitute bool // the server's ErrorResponse is replaced by frame
-	dropsAll   bool // a Query with DEALLOCATE ALL or DISCARD ALL
-	failed     bool // an ErrorResponse arrived for it
+	// errPrefix goes to the client before the server's ErrorResponse, if
+	// one comes: the ParameterDescription Postgres sends before it checks a
+	// described statement against the schema.
+	errPrefix []byte
+	gen       uint64 // the schema generation a Parse and its Describe were sent in
+	// setsUnnamed: the message replaced or dropped the client's unnamed
+	// statement, which was prevUnnamed; it is given back if the server
+	// skips the message.
+	setsUnnamed bool
+	prevUnnamed *clientStmt
+	dropsAll    bool // a Query with DEALLOCATE ALL or DISCARD ALL
+	failed      bool // an ErrorResponse arrived for it
 }
 
 func (r *reply) fromServer() bool { return r.kind <= replySwallow }
@@ -203,12 +213,15 @@ func (ss *session) handle(t byte, msg []byte) bool {
 			<-ch
 			ss.mu.Lock()
 		}
-		if !ss.writeBehindReplicaReadsLocked(t, msg) {
+		if !ss.writeBehindReplicaReadsLocked(t, msg) && !ss.readsOwedRebindLocked(t, msg) {
 			break
 		}
 		// A write pipelined behind reads running on a replica: once the
-		// replica has answered them, the write is routed afresh. What
-		// was sent without a flush (more was coming) goes out first.
+		// replica has answered them, the write is routed afresh. A
+		// message that uses a statement an earlier synced batch still
+		// running redefines waits for that batch: if it fails, the
+		// statement is what it was before, as on Postgres. What was sent
+		// without a flush (more was coming) goes out first.
 		ss.startPendingRelay(ss.server) // the replica's answers must flow now
 		if !flushed {
 			flushed = true
@@ -237,7 +250,9 @@ func (ss *session) sqlOfLocked(t byte, msg []byte) string {
 		switch {
 		case !ok:
 		case len(name) == 0:
-			parse = ss.unnamed
+			if u := ss.unnamed; u != nil {
+				return string(u.query)
+			}
 		default:
 			if cs := ss.stmts[string(name)]; cs != nil {
 				return string(cs.query)
@@ -285,6 +300,65 @@ func (ss *session) endWrite(err error) bool {
 		return false
 	}
 	return true
+}
+
+// readsOwedRebindLocked reports whether client message t uses a
+// statement (by name, or the unnamed one) that a batch before the last
+// Sync, whose answer has not come, redefines (Parse, Close, DEALLOCATE).
+// kproxy planned that batch assuming it works; if it fails, Postgres
+// keeps the statement as it was, which the message must then see.
+func (ss *session) readsOwedRebindLocked(t byte, msg []byte) bool {
+	if ss.mode != config.PoolModeTransaction || len(ss.replies) == 0 || ss.server == nil || ss.serverGoneLocked() {
+		return false
+	}
+	body := msg[5:]
+	var name string
+	all := false
+	switch t {
+	case 'B':
+		n, _, _, ok := bindStatement(body)
+		if !ok {
+			return false
+		}
+		name = string(n)
+	case 'D':
+		if len(body) < 2 || body[0] != 'S' {
+			return false
+		}
+		name = cstring(body[1:])
+	case 'P':
+		n, _, _, ok := splitParse(body)
+		if !ok || len(n) == 0 {
+			return false // an unnamed Parse replaces the statement, whatever it was
+		}
+		name = string(n)
+	case 'Q':
+		all = true // DEALLOCATE
+	default:
+		return false
+	}
+	last := -1
+	for i := range ss.replies {
+		if r := &ss.replies[i]; r.fromServer() && r.msg == 'S' {
+			last = i
+		}
+	}
+	for i := 0; i < last; i++ {
+		r := &ss.replies[i]
+		switch {
+		case name == "" && !all:
+			if r.setsUnnamed {
+				return true
+			}
+		case r.savedAll != nil:
+			return true
+		case r.client != name && !all:
+		case r.kind == replyCloseComplete, r.kind == replyFrame && r.client != "",
+			r.kind == replyParseComplete && r.client != "", r.kind == replyForward && r.msg == 'P':
+			return true
+		}
+	}
+	return false
 }
 
 // writeBehindReplicaReadsLocked reports whether t starts a transaction
@@ -499,19 +573,21 @@ func (ss *session) startPendingRelay(sc *pool.Conn) {
 }
 
 // answerLocallyLocked answers, without a server connection, a client's
-// Close of a named statement: its server statements stay for others.
-// A Parse always goes to a server, since only the server can say what the
-// statement means under the current schema.
+// Close of a named statement (its server statements stay for others) and
+// a Parse of a named statement the pool has prepared without error in the
+// current schema generation (Server.schemaGen). That Parse is prepared
+// afresh where the statement first runs: drivers that prepare
+// synchronously (pgbench -M prepared, for one) would otherwise need a free
+// server connection just for it, and with one thread for many clients
+// wait for it while those clients hold every connection. Any other Parse
+// goes to a server, since only the server can say what the text means
+// under the current schema.
 func (ss *session) answerLocallyLocked(t byte, msg []byte) ([]byte, bool) {
 	if ss.mode != config.PoolModeTransaction {
 		return nil, false
 	}
 	body := msg[5:]
 	if t == 'P' {
-		// A statement the pool has prepared without error before is
-		// acknowledged at once and prepared afresh where it first runs:
-		// drivers that prepare synchronously (pgbench -M prepared, for
-		// one) would otherwise need a free server connection just for it.
 		name, query, types, ok := splitParse(body)
 		if !ok || len(name) == 0 {
 			return nil, false
@@ -520,14 +596,25 @@ func (ss *session) answerLocallyLocked(t byte, msg []byte) ([]byte, bool) {
 			return nil, false
 		}
 		cs := newClientStmt(query, types, ss.settings["search_path"])
-		if !ss.pool.KnownStmt(cs.key) {
+		gen := ss.srv.schemaGen.Load()
+		known, ok := ss.pool.KnownStmt(cs.key, gen)
+		if !ok {
 			return nil, false
+		}
+		scan := classify.ScanSessionCalls(string(query), nil)
+		if scan.Schema || scan.RunsCode || scan.Deallocate != "" || scan.DeallocateAll {
+			return nil, false // the server and planLocked see to these
 		}
 		ss.inBatch = true
 		_, cs.effect = ss.noteSQLLocked(string(query))
 		if ss.routing {
 			cs.readOnly = ss.classifyReadOnlyLocked(string(query))
 		}
+		cs.client = string(name)
+		// Its description is fixed now, as Postgres fixes it at Parse.
+		cs.shape, cs.fixed, cs.rows = known.Shape, known.Fixed, known.Rows
+		cs.provisional, cs.ackGen = true, gen
+		ss.pool.RefStmt(cs.id())
 		ss.stmts[string(name)] = cs
 		return []byte{'1', 0, 0, 0, 4}, true
 	}
@@ -574,6 +661,17 @@ func (ss *session) restoreStmtLocked(name string, cs *clientStmt) {
 func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 	tx := ss.mode == config.PoolModeTransaction
 	body := msg[5:]
+	if u := ss.describeUnnamed; u != nil {
+		// The unnamed Parse before this message is described right after
+		// it, as it stood then, unless the client does so itself: a later
+		// batch may bind it on another connection, after the schema
+		// changed, and its shape tells whether it still holds.
+		ss.describeUnnamed = nil
+		if t != 'D' || len(body) < 2 || body[0] != 'S' || body[1] != 0 {
+			ss.toServer = describeStmtFrame(ss.toServer, "")
+			ss.replies = append(ss.replies, reply{kind: replySwallow, msg: 'D', cs: u})
+		}
+	}
 	switch t {
 	case 'P':
 		ss.inBatch = true
@@ -588,39 +686,45 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 			scan, eff = ss.noteSQLLocked(string(query))
 			ro = ss.noteRouteLocked(string(query))
 		}
-		if tx && len(name) == 0 {
-			ss.unnamedLocal = ss.localDeallocateLocked(scan)
-			if ss.unnamedLocal != nil {
+		if !tx {
+			ss.send(msg, reply{kind: replyForward, msg: 'P'})
+			return nil
+		}
+		if len(name) == 0 {
+			u := newUnnamedStmt(query, types)
+			u.readOnly, u.effect = ro, eff
+			r := reply{kind: replyForward, msg: 'P', setsUnnamed: true, prevUnnamed: ss.unnamed}
+			ss.unnamed = u
+			if u.local = ss.localDeallocateLocked(scan); u.local != nil {
 				// The server must not run it: its statements are not the
 				// client's names, and other clients' share them.
-				ss.unnamed = ss.unnamed[:0]
-				ss.unnamedGen++
-				ss.enqueueLocked(reply{kind: replyParseComplete})
+				r.kind = replyParseComplete
+				ss.enqueueLocked(r)
 				return nil
 			}
-		}
-		if !tx || len(name) == 0 {
-			if tx {
-				ss.unnamed = append(ss.unnamed[:0], msg...)
-				ss.unnamedRO = ro
-				ss.unnamedEffect = eff
-				ss.unnamedGen++
-				sc.SetUnnamedOwner(unnamedToken{ss, ss.unnamedGen})
-			}
-			ss.send(msg, reply{kind: replyForward, msg: 'P'})
+			sc.SetUnnamedOwner(u)
+			ss.send(msg, r)
+			ss.describeUnnamed = u
 			return nil
 		}
 		n := string(name)
 		if _, dup := ss.stmts[n]; dup {
-			ss.madeUpErrorLocked(&Error{Severity: severityError, Code: "42P05", Message: fmt.Sprintf("prepared statement %q already exists", n)})
+			// Postgres checks the name last: the text's own errors, and
+			// 25P02 in a failed transaction, come first. The server
+			// parses it as its unnamed statement, which kproxy re-creates
+			// for the client when it is next used.
+			ss.send(parseFrame(nil, "", query, types), reply{kind: replySwallow, msg: 'P'})
+			sc.SetUnnamedOwner(nil)
+			ss.failLocked(&Error{Severity: severityError, Code: "42P05", Message: fmt.Sprintf("prepared statement %q already exists", n)})
 			return nil
 		}
 		cs := newClientStmt(query, types, ss.settings["search_path"])
 		cs.readOnly = ro
 		cs.effect = eff
+		cs.client = n
 		ss.stmts[n] = cs
 		if cs.local = ss.localDeallocateLocked(scan); cs.local != nil {
-			ss.enqueueLocked(reply{kind: replyParseComplete})
+			ss.enqueueLocked(reply{kind: replyParseComplete, client: n})
 			return nil
 		}
 		ss.prepareLocked(sc, cs, cs.types, reply{kind: replyForward, msg: 'P', client: n})
@@ -631,17 +735,23 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 			return fatalf(codeProtocolViolation, "invalid Bind message")
 		}
 		if tx {
+			ss.mayEndTx = true
 			// A DEALLOCATE kproxy runs itself is bound without the server.
-			local := ss.unnamedLocal
+			cs := ss.unnamed
 			if len(name) > 0 {
-				local = nil
-				if cs := ss.stmts[string(name)]; cs != nil {
-					local = cs.local
-				}
+				cs = ss.stmts[string(name)]
+			}
+			var local *localDeallocate
+			if cs != nil {
+				local = cs.local
 			}
 			portal := cstring(body)
 			if local != nil || portal == ss.portalLocalName {
 				ss.portalLocal, ss.portalLocalName = local, portal
+			}
+			if local != nil && ss.txStatus == 'E' {
+				ss.failLocked(errFailedTransaction)
+				return nil
 			}
 			if local != nil {
 				ss.lastBound = ""
@@ -651,26 +761,28 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 		}
 		if !tx || len(name) == 0 {
 			ss.lastBound = ""
+			if tx && !ss.ensureUnnamedLocked(sc, body) {
+				return nil
+			}
 			if tx {
-				ss.ensureUnnamedLocked(sc)
-				ss.markLocked(ss.unnamedEffect)
+				ss.markLocked(ss.unnamed.effect)
 			}
 			ss.send(msg, reply{kind: replyForward, msg: 'B'})
 			return nil
 		}
-		server, ok := ss.serverStmtLocked(sc, string(name))
+		server, ok := ss.serverStmtLocked(sc, string(name), body)
 		if !ok {
 			return nil
 		}
 		ss.toServer = replaceRange(ss.toServer, 'B', body, start, end, server)
-		ss.replies = append(ss.replies, reply{kind: replyForward, msg: 'B', stmt: server})
+		ss.replies = append(ss.replies, reply{kind: replyForward, msg: 'B', stmt: server, client: ss.stmts[string(name)].client})
 		ss.lastBound = server
 	case 'D', 'C':
 		ss.inBatch = true
 		if tx && t == 'D' && len(body) >= 2 {
 			n := cstring(body[1:])
 			switch {
-			case body[0] == 'S' && (n == "" && ss.unnamedLocal != nil || n != "" && ss.stmts[n] != nil && ss.stmts[n].local != nil):
+			case body[0] == 'S' && (n == "" && ss.unnamed != nil && ss.unnamed.local != nil || n != "" && ss.stmts[n] != nil && ss.stmts[n].local != nil):
 				// No parameters, no rows.
 				ss.enqueueLocked(reply{kind: replyFrame, frame: []byte{'t', 0, 0, 0, 6, 0, 0, 'n', 0, 0, 0, 4}})
 				return nil
@@ -680,10 +792,26 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 			}
 		}
 		if !tx || len(body) < 2 || body[0] != 'S' || body[1] == 0 {
-			if tx && t == 'D' && len(body) >= 2 && body[0] == 'S' {
-				ss.ensureUnnamedLocked(sc)
+			if tx && t == 'C' && len(body) >= 2 && body[0] == 'S' {
+				// The client's unnamed statement goes; the server's, on
+				// this connection, was the client's or goes too.
+				ss.send(msg, reply{kind: replyForward, msg: t, setsUnnamed: true, prevUnnamed: ss.unnamed})
+				ss.unnamed = nil
+				sc.SetUnnamedOwner(nil)
+				return nil
 			}
-			ss.send(msg, reply{kind: replyForward, msg: t})
+			r := reply{kind: replyForward, msg: t}
+			if tx && t == 'D' && len(body) >= 2 && body[0] == 'S' {
+				u := ss.unnamed
+				if u != nil && sc.UnnamedOwner() != any(u) && ss.describeFromCacheLocked(u) {
+					return nil
+				}
+				if !ss.ensureUnnamedLocked(sc, nil) {
+					return nil
+				}
+				r.cs = u // its answer gives the statement's shape
+			}
+			ss.send(msg, r)
 			return nil
 		}
 		n := cstring(body[1:])
@@ -692,12 +820,15 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 			ss.enqueueLocked(reply{kind: replyCloseComplete, client: n, saved: saved})
 			return nil
 		}
-		server, ok := ss.serverStmtLocked(sc, n)
+		if cs := ss.stmts[n]; cs != nil && !(cs.sc == sc && sc.HasStmt(cs.name)) && ss.describeFromCacheLocked(cs) {
+			return nil
+		}
+		server, ok := ss.serverStmtLocked(sc, n, nil)
 		if !ok {
 			return nil
 		}
 		ss.toServer = replaceRange(ss.toServer, 'D', body, 1, 1+len(n), server)
-		ss.replies = append(ss.replies, reply{kind: replyForward, msg: 'D', stmt: server})
+		ss.replies = append(ss.replies, reply{kind: replyForward, msg: 'D', stmt: server, client: ss.stmts[n].client})
 	case 'E':
 		ss.inBatch = true
 		if tx && ss.portalLocal != nil && cstring(body) == ss.portalLocalName {
@@ -718,9 +849,10 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 	case 'Q':
 		r := reply{kind: replyForward, msg: 'Q'}
 		if tx {
+			ss.mayEndTx = true
 			// A simple Query destroys the unnamed statement.
-			ss.unnamed = ss.unnamed[:0]
-			ss.unnamedLocal = nil
+			r.setsUnnamed, r.prevUnnamed = true, ss.unnamed
+			ss.unnamed = nil
 			if ss.portalLocalName == "" {
 				ss.portalLocal = nil
 			}
@@ -732,18 +864,25 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 				// kproxy answers the DEALLOCATE, and a Sync the
 				// ReadyForQuery: the server answers what kproxy sent it
 				// itself (Closes at attach), gives the transaction status,
-				// and the safe point comes as for any Query.
+				// and the safe point comes as for any Query. Like any
+				// Query, it ends the unnamed portal.
 				ss.deallocateLocked(d)
+				ss.send([]byte{'C', 0, 0, 0, 6, 'P', 0}, reply{kind: replySwallow, msg: 'C'})
 				ss.send([]byte{'S', 0, 0, 0, 4}, reply{kind: replyForward, msg: 'S'})
 				return nil
 			}
 			if scan.DropsAllStatements {
+				r.savedAll = make(map[string]*clientStmt, len(ss.stmts))
+				for n, cs := range ss.stmts {
+					r.savedAll[n] = cs
+				}
 				ss.dropAllStmtsLocked()
 				r.dropsAll = true
 			}
 		}
 		ss.send(msg, r)
 	case 'F':
+		ss.mayEndTx = true
 		ss.send(msg, reply{kind: replyForward, msg: 'F'})
 	default: // Flush and copy messages are not answered on their own
 		ss.toServer = append(ss.toServer, msg...)
@@ -761,11 +900,13 @@ type localDeallocate struct {
 }
 
 // localDeallocateLocked returns the DEALLOCATE scan found if kproxy runs
-// it: DEALLOCATE ALL, or of one of the client's statements. That of a name
-// the client does not have goes to the server, which fails it as Postgres
-// does.
+// it: DEALLOCATE ALL, or of one of the client's statements, outside a
+// failed transaction. That of a name the client does not have goes to the
+// server, which fails it as Postgres does.
 func (ss *session) localDeallocateLocked(scan classify.Session) *localDeallocate {
 	switch {
+	case ss.txStatus == 'E':
+		return nil // the server fails it, as Postgres does in a failed transaction
 	case scan.DeallocateAll:
 		return &localDeallocate{all: true}
 	case scan.Deallocate != "" && ss.stmts[scan.Deallocate] != nil:
@@ -792,7 +933,7 @@ func (ss *session) deallocateLocked(d *localDeallocate) {
 	case ss.stmts[d.name] != nil:
 		r.client, r.saved = d.name, ss.dropStmtLocked(d.name)
 	default:
-		ss.madeUpErrorLocked(&Error{Severity: severityError, Code: "26000", Message: fmt.Sprintf("prepared statement %q does not exist", d.name)})
+		ss.failLocked(&Error{Severity: severityError, Code: "26000", Message: fmt.Sprintf("prepared statement %q does not exist", d.name)})
 		return
 	}
 	r.frame, _ = (&pgproto3.CommandComplete{CommandTag: []byte(tag)}).Encode(nil)
@@ -804,26 +945,67 @@ func (ss *session) send(msg []byte, r reply) {
 	ss.replies = append(ss.replies, r)
 }
 
-// unnamedToken names one version of a client's unnamed statement: the
-// session and how many unnamed Parses it had sent then. A server
-// connection whose unnamed statement has another token holds something
-// else, even if it was this client's once.
-type unnamedToken struct {
-	ss  *session
-	gen uint64
+// ensureUnnamedLocked makes sure sc's unnamed statement is the client's
+// latest, for a Bind or Describe of it, and reports whether the batch goes
+// on. A driver may Bind the unnamed statement of an earlier batch, which
+// ran on another server connection: kproxy prepares it again on sc, and
+// when its shape is known checks it as serverStmtLocked does a named one.
+// A client with no unnamed statement gets Postgres' error (whatever
+// unnamed statement the server has is not the client's).
+func (ss *session) ensureUnnamedLocked(sc *pool.Conn, bind []byte) bool {
+	u := ss.unnamed
+	if u == nil {
+		ss.failLocked(errNoUnnamedStmt)
+		return false
+	}
+	if sc.UnnamedOwner() == any(u) {
+		return true
+	}
+	if ss.bindRefusedLocked(bind, u, "") {
+		return false
+	}
+	r := reply{kind: replySwallow, msg: 'P'}
+	if bind == nil && u.rows && u.shape != 0 {
+		r.errPrefix = paramDescFrame(u.fixed)
+	}
+	ss.toServer = parseFrame(ss.toServer, "", u.query, u.paramTypes())
+	ss.replies = append(ss.replies, r)
+	sc.SetUnnamedOwner(u)
+	if u.shape == 0 || !verifyShapes {
+		return true
+	}
+	ss.toServer = describeStmtFrame(ss.toServer, "")
+	ss.replies = append(ss.replies, reply{kind: replySwallow, msg: 'D', cs: u, verify: true})
+	return ss.verifyLocked(sc, u, bind == nil)
 }
 
-// ensureUnnamedLocked re-creates the client's unnamed statement on sc when
-// sc's unnamed statement is not the client's latest: a driver may Bind the
-// unnamed statement of an earlier batch, which ran on another server
-// connection.
-func (ss *session) ensureUnnamedLocked(sc *pool.Conn) {
-	tok := unnamedToken{ss, ss.unnamedGen}
-	if len(ss.unnamed) == 0 || sc.UnnamedOwner() == any(tok) {
-		return
+// describeFromCacheLocked answers a Describe of client statement cs,
+// which sc does not have, from what kproxy learned of it, and reports
+// whether it did. Postgres describes a statement that returns no rows
+// from what it stored at its Parse, whatever happened to the objects it
+// names since; one that returns rows is checked against the schema first
+// (by preparing it on sc, see serverStmtLocked), and refused in a failed
+// transaction (25P02), where the server would refuse to prepare it. While
+// cs's shape is unknown, or once the batch may have ended the failed
+// transaction, the server decides.
+func (ss *session) describeFromCacheLocked(cs *clientStmt) bool {
+	switch {
+	case cs.shape == 0 || cs.provisional:
+		return false
+	case cs.rows && (ss.txStatus != 'E' || ss.mayEndTx):
+		return false
+	case cs.rows:
+		ss.failLocked(errFailedTransaction)
+		return true
 	}
-	ss.send(ss.unnamed, reply{kind: replySwallow, msg: 'P'})
-	sc.SetUnnamedOwner(tok)
+	ss.enqueueLocked(reply{kind: replyFrame, frame: append(paramDescFrame(cs.fixed), 'n', 0, 0, 0, 4)})
+	return true
+}
+
+// paramDescFrame returns a ParameterDescription message of body fixed.
+func paramDescFrame(fixed []byte) []byte {
+	frame := append([]byte{'t'}, binary.BigEndian.AppendUint32(nil, uint32(4+len(fixed)))...)
+	return append(frame, fixed...)
 }
 
 // dropAllStmtsLocked forgets every statement of the client (DEALLOCATE
@@ -845,10 +1027,10 @@ func (ss *session) dropAllStmtsLocked() {
 // Parse, and described: when the server now gives it another shape, the
 // schema changed under the client's statement, and the client gets the
 // error Postgres gives then (0A000) before anything of the batch runs.
-func (ss *session) serverStmtLocked(sc *pool.Conn, name string) (server string, ok bool) {
+func (ss *session) serverStmtLocked(sc *pool.Conn, name string, bind []byte) (server string, ok bool) {
 	cs := ss.stmts[name]
 	if cs == nil {
-		ss.madeUpErrorLocked(&Error{Severity: severityError, Code: "26000", Message: fmt.Sprintf("prepared statement %q does not exist", name)})
+		ss.failLocked(&Error{Severity: severityError, Code: "26000", Message: fmt.Sprintf("prepared statement %q does not exist", name)})
 		return "", false
 	}
 	ss.markLocked(cs.effect)
@@ -856,12 +1038,19 @@ func (ss *session) serverStmtLocked(sc *pool.Conn, name string) (server string, 
 		return cs.name, true
 	}
 	if cs.shape != 0 {
-		if n, found := sc.LookupStmt(cs.id()); found {
+		if n, found := sc.LookupStmt(cs.id()); found && !cs.provisional {
 			cs.sc, cs.name = sc, n
 			return n, true
 		}
-		ss.prepareLocked(sc, cs, cs.fixed, reply{kind: replySwallow, msg: 'P'})
-		if verifyShapes && !ss.verifyLocked(sc, cs) {
+		if ss.bindRefusedLocked(bind, cs, name) {
+			return "", false
+		}
+		r := reply{kind: replySwallow, msg: 'P'}
+		if bind == nil && cs.rows {
+			r.errPrefix = paramDescFrame(cs.fixed)
+		}
+		ss.prepareLocked(sc, cs, cs.paramTypes(), r)
+		if verifyShapes && !ss.verifyLocked(sc, cs, bind == nil) {
 			return "", false
 		}
 		return cs.name, true
@@ -882,11 +1071,11 @@ func (ss *session) prepareLocked(sc *pool.Conn, cs *clientStmt, paramTypes []byt
 		ss.closeOnServerLocked(old)
 	}
 	cs.sc, cs.name = sc, name
-	r.stmt, r.cs = name, cs
+	r.stmt, r.cs, r.gen = name, cs, ss.srv.schemaGen.Load()
 	ss.toServer = parseFrame(ss.toServer, name, cs.query, paramTypes)
 	ss.replies = append(ss.replies, r)
 	ss.toServer = describeStmtFrame(ss.toServer, name)
-	ss.replies = append(ss.replies, reply{kind: replySwallow, msg: 'D', stmt: name, cs: cs, verify: cs.shape != 0})
+	ss.replies = append(ss.replies, reply{kind: replySwallow, msg: 'D', stmt: name, cs: cs, verify: cs.shape != 0, gen: r.gen})
 }
 
 // shapedLocked handles the end (t, msg) of the answer to a Describe that
@@ -898,20 +1087,52 @@ func (ss *session) shapedLocked(sc *pool.Conn, r *reply, t byte, msg []byte) {
 		rows = msg[5:]
 	}
 	shape := shapeOf(ss.descParams, rows)
-	sc.StmtShaped(r.stmt, shape)
 	cs := r.cs
+	if !cs.unnamed {
+		sc.StmtShaped(r.stmt, shape)
+	}
 	switch {
 	case r.verify:
-		ss.verifyOK = shape == cs.shape
+		ok := shape == cs.shape
+		if !ok {
+			if cs.provisional && ss.srv.schemaGen.Load() == cs.ackGen {
+				// No DDL went through kproxy since it acknowledged the
+				// client's Parse: the change came from elsewhere, and
+				// is taken to have come before that Parse, which takes
+				// the statement as the server now parses it. (After DDL
+				// through kproxy, the change came after it, and the
+				// client gets 0A000 as from Postgres.)
+				held := ss.stmts[cs.client] == cs
+				if held {
+					ss.pool.UnrefStmt(cs.id())
+				}
+				cs.shape, cs.rows, cs.fixed = shape, rows != nil, bytes.Clone(ss.descParams)
+				if held {
+					ss.pool.RefStmt(cs.id())
+				}
+				ok = true
+			}
+			ss.srv.schemaGen.Add(1) // what the pool knows of texts is stale
+		}
+		if ok {
+			cs.provisional = false
+		}
+		ss.verifyOK = ok
 		ss.verifyWait = false
 		ss.changed.Broadcast()
 	case cs.shape == 0:
 		cs.shape = shape
+		cs.rows = rows != nil
 		cs.fixed = bytes.Clone(ss.descParams)
-		ss.pool.RefStmt(cs.id())
-		if cs.closed {
-			ss.pool.UnrefStmt(cs.id())
+		if !cs.unnamed {
+			ss.pool.RefStmt(cs.id())
+			if cs.closed {
+				ss.pool.UnrefStmt(cs.id())
+			}
 		}
+	}
+	if !cs.unnamed && r.stmt != "" && (!r.verify || ss.verifyOK) {
+		ss.pool.AddKnownStmt(cs.key, pool.KnownShape{Gen: r.gen, Shape: shape, Fixed: cs.fixed, Rows: rows != nil})
 	}
 }
 
@@ -920,8 +1141,10 @@ func (ss *session) shapedLocked(sc *pool.Conn, r *reply, t byte, msg []byte) {
 // server's answer. It reports whether the batch goes on: the statement has
 // the shape the client knows. When it does not, the client gets 0A000 at
 // this point, as from Postgres, and the server fails the rest of the batch
-// too, so that nothing of it runs. It unlocks mu while it waits.
-func (ss *session) verifyLocked(sc *pool.Conn, cs *clientStmt) bool {
+// too, so that nothing of it runs; for a Describe (describe true) the
+// parameter types come first, as Postgres sends them before it checks the
+// statement against the schema. It unlocks mu while it waits.
+func (ss *session) verifyLocked(sc *pool.Conn, cs *clientStmt, describe bool) bool {
 	ss.verifyWait, ss.verifyOK = true, false
 	toServer, toClient := ss.toServer, ss.toClient
 	toServer = append(toServer, 'H', 0, 0, 0, 4) // Flush: the answers come now
@@ -959,20 +1182,67 @@ func (ss *session) verifyLocked(sc *pool.Conn, cs *clientStmt) bool {
 		return true
 	}
 	cs.sc, cs.name = nil, ""
-	e := encodeError(nil, &Error{Severity: severityError, Code: "0A000", Message: "cached plan must not change result type"})
-	// A Bind of a statement that does not exist fails on the server, which
-	// then skips to the Sync; its error is replaced by e.
-	ss.toServer = append(ss.toServer, failingBind...)
-	ss.replies = append(ss.replies, reply{kind: replySwallow, msg: 'B', frame: e, substitute: true})
-	ss.skipping = true
+	if cs.unnamed {
+		sc.SetUnnamedOwner(nil) // it fails again next time, as on Postgres
+	}
+	if describe {
+		ss.enqueueLocked(reply{kind: replyFrame, frame: paramDescFrame(cs.fixed)})
+	}
+	ss.failLocked(&Error{Severity: severityError, Code: "0A000", Message: "cached plan must not change result type"})
 	return false
 }
 
+// bindRefusedLocked reports whether Bind body of cs, named name by the
+// client, fails the checks Postgres makes before it looks at the schema,
+// and if so fails the batch with Postgres' error. kproxy makes them itself
+// before it prepares cs again on a connection, whose check of the schema
+// would come first.
+func (ss *session) bindRefusedLocked(body []byte, cs *clientStmt, name string) bool {
+	if body == nil || len(cs.fixed) < 2 {
+		return false
+	}
+	i := bytes.IndexByte(body, 0) + 1
+	if i == 0 {
+		return false
+	}
+	j := bytes.IndexByte(body[i:], 0)
+	if j < 0 || len(body) < i+j+3 {
+		return false
+	}
+	i += j + 1
+	formats := int(binary.BigEndian.Uint16(body[i:]))
+	i += 2 + 2*formats
+	if len(body) < i+2 {
+		return false
+	}
+	params := int(binary.BigEndian.Uint16(body[i:]))
+	want := int(binary.BigEndian.Uint16(cs.fixed))
+	var msg string
+	switch {
+	case formats > 1 && formats != params:
+		msg = fmt.Sprintf("bind message has %d parameter formats but %d parameters", formats, params)
+	case params != want:
+		msg = fmt.Sprintf("bind message supplies %d parameters, but prepared statement \"%s\" requires %d", params, name, want)
+	default:
+		return false
+	}
+	ss.failLocked(&Error{Severity: severityError, Code: codeProtocolViolation, Message: msg})
+	return true
+}
+
 // verifyShapes turns on verifyLocked.
-const verifyShapes = false
+const verifyShapes = true
 
 // failingBind is a Bind of a statement no server connection has.
 var failingBind = []byte{'B', 0, 0, 0, 4 + 1 + 8 + 6, 0, 'k', 'p', '_', 'n', 'o', 'n', 'e', 0, 0, 0, 0, 0, 0, 0}
+
+// renameInError returns ErrorResponse msg with the quoted statement name
+// server replaced by client.
+func renameInError(msg []byte, server, client string) []byte {
+	body := bytes.ReplaceAll(msg[5:], []byte(`"`+server+`"`), []byte(`"`+client+`"`))
+	out := append([]byte{msg[0]}, binary.BigEndian.AppendUint32(nil, uint32(4+len(body)))...)
+	return append(out, body...)
+}
 
 func (ss *session) closeOnServerLocked(name string) {
 	ss.toServer = closeStmtFrame(ss.toServer, name)
@@ -989,12 +1259,27 @@ func (ss *session) enqueueLocked(r reply) {
 	ss.replies = append(ss.replies, r)
 }
 
-// madeUpErrorLocked reports e at this point of the batch; like Postgres,
-// kproxy then ignores the client's messages up to Sync.
-func (ss *session) madeUpErrorLocked(e *Error) {
-	ss.enqueueLocked(reply{kind: replyError, frame: encodeError(nil, e)})
+// failLocked reports e at this point of the batch, and makes the server
+// fail there too: it sends a Bind of a statement no server connection has,
+// whose error e replaces. As on Postgres, the error then aborts the
+// transaction the batch runs in, explicit or implicit (what ran before it
+// in the batch is rolled back), and the server skips to Sync, as kproxy
+// does with the client's messages.
+func (ss *session) failLocked(e *Error) {
+	ss.toServer = append(ss.toServer, failingBind...)
+	ss.replies = append(ss.replies, reply{kind: replySwallow, msg: 'B', frame: encodeError(nil, e), substitute: true})
 	ss.skipping = true
+	ss.describeUnnamed = nil
 }
+
+// errNoUnnamedStmt is Postgres' error for a Bind or Describe of the
+// unnamed statement when there is none.
+var errNoUnnamedStmt = &Error{Severity: severityError, Code: "26000", Message: "unnamed prepared statement does not exist"}
+
+// errFailedTransaction is Postgres' error for a statement in a failed
+// transaction.
+var errFailedTransaction = &Error{Severity: severityError, Code: "25P02",
+	Message: "current transaction is aborted, commands ignored until end of transaction block"}
 
 func (ss *session) madeUpFrameLocked(dst []byte, r *reply) []byte {
 	switch r.kind {
@@ -1002,8 +1287,6 @@ func (ss *session) madeUpFrameLocked(dst []byte, r *reply) []byte {
 		return append(dst, '1', 0, 0, 0, 4)
 	case replyCloseComplete:
 		return append(dst, '3', 0, 0, 0, 4)
-	case replyError:
-		return append(dst, r.frame...)
 	case replyFrame:
 		return append(dst, r.frame...)
 	}
@@ -1027,6 +1310,7 @@ func (ss *session) popLocked(n int) {
 	}
 	clear(ss.replies[:n])
 	ss.replies = ss.replies[n:]
+	ss.changed.Broadcast() // see readsOwedRebindLocked
 	if len(ss.replies) == 0 {
 		// Start again at the front of the session's own array; a longer
 		// queue than it holds moved to an array of its own, now dropped.
@@ -1034,7 +1318,6 @@ func (ss *session) popLocked(n int) {
 			ss.replyBuf = make([]reply, 0, 4)
 		}
 		ss.replies = ss.replyBuf[:0]
-		ss.changed.Broadcast()
 	}
 }
 
@@ -1086,6 +1369,12 @@ func (ss *session) noteSQLLocked(sql string) (classify.Session, stmtEffect) {
 	if scan.RunsCode || ss.srv.funcsStale.Load() {
 		eff |= effectCode
 	}
+	if scan.Schema || eff&effectCode != 0 {
+		// Raised now and when the transaction ends, after which what
+		// it did is seen by every Parse (readyForQueryLocked).
+		ss.srv.schemaGen.Add(1)
+		ss.schemaTx = true
+	}
 	if eff != 0 {
 		// Custom settings (app.tenant, kproxy.target) are not in
 		// pg_settings: remember the names the text sets (in a DO block's
@@ -1135,31 +1424,49 @@ func (ss *session) markLocked(eff stmtEffect) {
 // done is undone.
 func (ss *session) failBatchLocked(sc *pool.Conn) {
 	i := 0
-	for ; i < len(ss.replies); i++ {
-		r := &ss.replies[i]
-		if i > 0 && r.fromServer() && r.msg == 'S' {
-			break
-		}
-		ss.undoLocked(sc, r)
+	for i < len(ss.replies) && (i == 0 || !ss.replies[i].fromServer() || ss.replies[i].msg != 'S') {
+		i++
+	}
+	// Latest first: each entry gives back the state from before it.
+	for k := i - 1; k >= 0; k-- {
+		ss.undoLocked(sc, &ss.replies[k], ss.replies[i:])
 	}
 	ss.popLocked(i)
+	ss.describeUnnamed = nil // the server skips its Parse, or has failed it
 	if len(ss.replies) == 0 {
 		// The Sync is still to come: drop everything until then.
 		ss.skipping = true
 	}
 }
 
-func (ss *session) undoLocked(sc *pool.Conn, r *reply) {
+// undoLocked undoes what kproxy did when it planned r, whose message the
+// server refused (the head of the queue, r.failed) or skipped. later holds
+// the queued messages of the batches after r's, which kproxy planned on top
+// of what r did: what r replaced goes back to the first of them that
+// changes the same statement, which then gives it back if it fails in
+// turn, or to the client when none does.
+func (ss *session) undoLocked(sc *pool.Conn, r *reply, later []reply) {
+	if r.setsUnnamed {
+		prev := r.prevUnnamed
+		if r.failed && r.msg == 'P' {
+			// Postgres drops the unnamed statement before it parses.
+			prev = nil
+		}
+		ss.rebaseUnnamedLocked(later, prev)
+	}
 	switch {
 	case (r.kind == replyCloseComplete || r.kind == replyFrame) && r.saved != nil:
-		ss.restoreStmtLocked(r.client, r.saved)
-	case r.kind == replyFrame && r.savedAll != nil:
+		ss.rebaseStmtLocked(later, r.client, r.saved)
+	case r.savedAll != nil && !r.failed:
+		// Skipped (a failed DEALLOCATE ALL or DISCARD ALL is handled at its
+		// end).
 		for n, cs := range r.savedAll {
-			ss.restoreStmtLocked(n, cs)
+			ss.rebaseStmtLocked(later, n, cs)
 		}
+	case r.kind == replyParseComplete && r.client != "":
+		ss.rebaseStmtLocked(later, r.client, nil)
 	case r.fromServer() && r.msg == 'P' && r.stmt == "":
-		// The unnamed statement was not created.
-		ss.unnamed = ss.unnamed[:0]
+		// The server's unnamed statement is not what kproxy sent.
 		sc.SetUnnamedOwner(nil)
 	case r.fromServer() && r.msg == 'P':
 		// The server does not have the statement: it refused or skipped
@@ -1168,16 +1475,57 @@ func (ss *session) undoLocked(sc *pool.Conn, r *reply) {
 		if cs := r.cs; cs.sc == sc && cs.name == r.stmt {
 			cs.sc, cs.name = nil, ""
 		}
-		if r.kind == replyForward && ss.stmts[r.client] == r.cs {
-			delete(ss.stmts, r.client)
-			ss.releaseStmt(r.cs)
+		if r.kind == replyForward && r.client != "" {
+			ss.rebaseStmtLocked(later, r.client, nil)
 		}
 	case r.fromServer() && r.msg == 'D' && r.verify:
 		ss.verifyWait = false
 		ss.changed.Broadcast()
-	case r.kind == replySwallow && r.msg == 'C':
+	case r.kind == replySwallow && r.msg == 'C' && r.stmt != "":
 		// The server skipped the Close: the statement is still there.
 		sc.CloseLater(r.stmt)
+	}
+}
+
+// rebaseUnnamedLocked gives the client's unnamed statement back as prev,
+// an undone message having replaced it (see undoLocked).
+func (ss *session) rebaseUnnamedLocked(later []reply, prev *clientStmt) {
+	for i := range later {
+		if later[i].setsUnnamed {
+			later[i].prevUnnamed = prev
+			return
+		}
+	}
+	ss.unnamed = prev
+}
+
+// rebaseStmtLocked gives the client's statement name back as before (nil:
+// no statement), an undone message having replaced it (see undoLocked).
+func (ss *session) rebaseStmtLocked(later []reply, name string, before *clientStmt) {
+	for i := range later {
+		r := &later[i]
+		switch {
+		case r.savedAll != nil:
+			if before == nil {
+				delete(r.savedAll, name)
+			} else {
+				r.savedAll[name] = before
+			}
+			return
+		case r.client != name:
+		case r.kind == replyCloseComplete || r.kind == replyFrame:
+			r.saved = before
+			return
+		case r.kind == replyForward && r.msg == 'P', r.kind == replyParseComplete:
+			return // the name was free when it was planned
+		}
+	}
+	if cur := ss.stmts[name]; cur != nil {
+		delete(ss.stmts, name)
+		ss.releaseStmt(cur)
+	}
+	if before != nil {
+		ss.restoreStmtLocked(name, before)
 	}
 }
 
@@ -1307,8 +1655,15 @@ func (ss *session) relay(sc *pool.Conn, done chan struct{}, inline bool) {
 			switch {
 			case t == 'E':
 				ss.noteErrorLocked(head)
-				if head.substitute {
+				switch {
+				case head.substitute:
 					msg = head.frame
+				case head.client != "" && head.stmt != "" && (head.msg == 'B' || head.msg == 'D'):
+					// Postgres names the statement in some errors: the
+					// client knows it by its own name.
+					msg = renameInError(msg, head.stmt, head.client)
+				case head.errPrefix != nil && !bytes.Contains(msg, []byte("C25P02\x00")):
+					msg = append(head.errPrefix, msg...)
 				}
 				if extended(head.msg) {
 					ss.failBatchLocked(sc)
@@ -1317,9 +1672,6 @@ func (ss *session) relay(sc *pool.Conn, done chan struct{}, inline bool) {
 				forward = forward && head.kind == replyForward
 				if t == '1' && head.stmt != "" {
 					sc.StmtReady(head.stmt)
-					if head.cs != nil {
-						ss.pool.AddKnownStmt(head.cs.key)
-					}
 				}
 				if head.msg == 'D' && head.cs != nil {
 					ss.shapedLocked(sc, head, t, msg)
@@ -1328,6 +1680,14 @@ func (ss *session) relay(sc *pool.Conn, done chan struct{}, inline bool) {
 					sc.ForgetAllPrepared()
 					if head.failed {
 						sc.MarkBroken() // which statements survived is unknown
+						// Most often it failed as a whole (in a failed
+						// transaction, or DISCARD ALL in one): the client
+						// keeps its statements.
+						for n, cs := range head.savedAll {
+							if ss.stmts[n] == nil {
+								ss.restoreStmtLocked(n, cs)
+							}
+						}
 					}
 				}
 				ss.popLocked(1)
@@ -1385,6 +1745,13 @@ func (ss *session) relay(sc *pool.Conn, done chan struct{}, inline bool) {
 // relayServer must stop.
 func (ss *session) readyForQueryLocked(sc *pool.Conn, st byte, post *[]byte) bool {
 	ss.txStatus = st
+	if st == pgwire.TxIdle && ss.schemaTx {
+		ss.schemaTx = false
+		ss.srv.schemaGen.Add(1)
+	}
+	if len(ss.replies) == 0 {
+		ss.mayEndTx = false
+	}
 	ss.replayOK = false // its answer is on its way to the client
 	ss.replayLog = ss.replayLog[:0]
 	*post = ss.takeMadeUpLocked((*post)[:0])

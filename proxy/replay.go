@@ -98,8 +98,8 @@ func (ss *session) replayOnPrimaryLocked(sc *pool.Conn, failed error) {
 	ss.replayLog = nil
 	// What the messages did to the client's statements is undone: they
 	// run again.
-	for i := range ss.replies {
-		ss.undoLocked(sc, &ss.replies[i])
+	for i := len(ss.replies) - 1; i >= 0; i-- {
+		ss.undoLocked(sc, &ss.replies[i], nil)
 	}
 	ss.popLocked(len(ss.replies))
 	ss.skipping, ss.inBatch = false, false
@@ -177,11 +177,9 @@ func (ss *session) learnLocked(log []byte) int {
 				continue
 			}
 			if len(name) == 0 {
-				ss.unnamedRO = false
-				if parse := ss.unnamed; len(parse) > 5 {
-					if _, query, _, ok := splitParse(parse[5:]); ok {
-						learn(string(query))
-					}
+				if u := ss.unnamed; u != nil {
+					u.readOnly = false
+					learn(string(u.query))
 				}
 			} else if cs := ss.stmts[string(name)]; cs != nil {
 				cs.readOnly = false

@@ -72,7 +72,7 @@ func (ss *session) readOnlyLocked(t byte, msg []byte) bool {
 	case 'B':
 		if name, _, _, ok := bindStatement(body); ok {
 			if len(name) == 0 {
-				return ss.unnamedRO
+				return ss.unnamed != nil && ss.unnamed.readOnly
 			}
 			if cs := ss.stmts[string(name)]; cs != nil {
 				return cs.readOnly
@@ -81,7 +81,7 @@ func (ss *session) readOnlyLocked(t byte, msg []byte) bool {
 	case 'D':
 		if len(body) >= 2 && body[0] == 'S' {
 			if body[1] == 0 {
-				return ss.unnamedRO
+				return ss.unnamed != nil && ss.unnamed.readOnly
 			}
 			if cs := ss.stmts[cstring(body[1:])]; cs != nil {
 				return cs.readOnly

@@ -46,7 +46,12 @@ type Server struct {
 	userFuncs    atomic.Pointer[map[string]bool]
 	funcSettings atomic.Pointer[[]string]
 	funcsStale   atomic.Bool
-	funcsAsked   atomic.Uint64 // requests to load them
+	// schemaGen is raised when a client's statement may change the schema
+	// (DDL, code), as kproxy plans it and again when its transaction
+	// ends: a Parse the pool knows parses is acknowledged without a
+	// server only within the generation it parsed in (answerLocallyLocked).
+	schemaGen  atomic.Uint64
+	funcsAsked atomic.Uint64 // requests to load them
 
 	// paused is set while PAUSE on the admin console holds back new
 	// transactions of every database (pausedAll) or of some (pausedDBs);

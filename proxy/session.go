@@ -71,32 +71,31 @@ type session struct {
 	// Used by the client goroutine only:
 	skipping  bool   // drop messages until Sync, after an error kproxy reported mid-batch
 	lastBound string // server statement of the latest Bind, for Execute
-	unnamed   []byte // the client's latest unnamed Parse, to re-create it on another server connection
-	// unnamedGen counts the client's unnamed Parses: with the session it
-	// makes the unnamedToken that tells a server connection's unnamed
-	// statement is the client's latest.
-	unnamedGen uint64
-	toServer   []byte // messages to write to the server connection
-	toClient   []byte // responses kproxy makes up, to write to the client
+	toServer  []byte // messages to write to the server connection
+	toClient  []byte // responses kproxy makes up, to write to the client
 
 	// routing is set in transaction mode with replicas configured: each
 	// transaction goes where the router sends it.
 	routing bool
 
-	mu        sync.Mutex
-	server    *pool.Conn  // guarded by mu
-	target    pool.Target // guarded by mu; where server came from
-	minLSN    pool.LSN    // guarded by mu; the primary's WAL position after the client's last write
-	wrote     bool        // guarded by mu; the attached transaction sent a write to the primary
-	unnamedRO bool        // guarded by mu; the client's unnamed statement is read-only
-	// unnamedEffect is what the client's unnamed statement may do to the
-	// session (see stmtEffect).
-	unnamedEffect stmtEffect // guarded by mu
-	// unnamedLocal is set while the client's unnamed statement is a
-	// DEALLOCATE that kproxy answers itself, and portalLocal while the
-	// portal portalLocalName is bound to one (its own or a named
-	// statement's local).
-	unnamedLocal    *localDeallocate // guarded by mu
+	mu     sync.Mutex
+	server *pool.Conn  // guarded by mu
+	target pool.Target // guarded by mu; where server came from
+	minLSN pool.LSN    // guarded by mu; the primary's WAL position after the client's last write
+	wrote  bool        // guarded by mu; the attached transaction sent a write to the primary
+	// unnamed is the client's unnamed statement in transaction mode, nil
+	// when it has none. Each unnamed Parse makes a new one, and a server
+	// connection whose UnnamedOwner is not this very value holds something
+	// else there, even if it was this client's once.
+	unnamed *clientStmt // guarded by mu
+	// describeUnnamed is the unnamed statement the latest message
+	// prepared, described with the next one (planLocked).
+	describeUnnamed *clientStmt // guarded by mu
+	// mayEndTx is set once the batch has sent something that may end a
+	// failed transaction (a Bind or a Query) since the last ReadyForQuery.
+	mayEndTx bool // guarded by mu
+	// portalLocal is set while the portal portalLocalName is bound to a
+	// DEALLOCATE that kproxy runs itself (see localDeallocate).
 	portalLocal     *localDeallocate // guarded by mu
 	portalLocalName string           // guarded by mu
 	serverDone      chan struct{}    // guarded by mu; closed when relayServer returns
@@ -134,6 +133,7 @@ type session struct {
 	// changed or dropped a function, to load them again once it commits.
 	ranCode  bool          // guarded by mu
 	funcDDL  bool          // guarded by mu
+	schemaTx bool          // guarded by mu; the transaction may change the schema (Server.schemaGen)
 	checking chan struct{} // guarded by mu
 	leaving  bool          // guarded by mu; the client is gone, relayServer must stop
 	inlineSC *pool.Conn    // guarded by mu; the connection relayInline is relaying, if any

@@ -8,23 +8,32 @@ import (
 	"github.com/kproxy/kproxy/pool"
 )
 
-// clientStmt is a client's named prepared statement in transaction mode.
-// What it maps to on a server connection follows the rules in pool's
+// clientStmt is a client's prepared statement in transaction mode, named
+// or (with unnamed set) its unnamed statement. What a named one maps to on a server connection follows the rules in pool's
 // stmt.go: the client's own Parse is prepared afresh, and the statement's
 // shape, learned from the Describe kproxy adds to it, decides which server
 // statements may stand in for it on other connections.
 type clientStmt struct {
-	key   string // pool.StmtKey of its text, declared parameter types and search_path
-	query []byte // its text
-	types []byte // parameter types as the client declared them (count and OIDs, raw)
+	client string // the client's name for it
+	key    string // pool.StmtKey of its text, declared parameter types and search_path
+	query  []byte // its text
+	types  []byte // parameter types as the client declared them (count and OIDs, raw)
 	// fixed holds the parameter types the server inferred (count and
 	// OIDs, raw) and shape the hash of its description, once described:
 	// a copy prepared on another connection takes these types, as
 	// Postgres keeps them when it re-plans a statement.
 	fixed    []byte
 	shape    uint64
+	rows     bool // it returns rows (its Describe gave a RowDescription), once described
+	unnamed  bool // the client's unnamed statement: not in the pool's statement sets
 	readOnly bool // may run on a replica
 	closed   bool // the client closed it before its shape was known
+	// provisional is set while its shape is what the pool learnt of the
+	// text earlier (a Parse kproxy acknowledged itself in schema
+	// generation ackGen), not yet checked on a server: DDL kproxy did not
+	// see may have changed it, and then the shape of a fresh Parse stands.
+	provisional bool
+	ackGen      uint64
 	// effect is what running it may do to the session (noteSQLLocked),
 	// marked again at each Bind.
 	effect stmtEffect
@@ -46,6 +55,24 @@ func newClientStmt(query []byte, paramTypes []byte, searchPath string) *clientSt
 		query: bytes.Clone(query),
 		types: bytes.Clone(paramTypes),
 	}
+}
+
+// newUnnamedStmt builds the client's unnamed statement for its Parse of
+// query with paramTypes. It has no key: the pool shares no unnamed
+// statement.
+func newUnnamedStmt(query []byte, paramTypes []byte) *clientStmt {
+	b := make([]byte, 0, len(query)+len(paramTypes))
+	b = append(append(b, query...), paramTypes...)
+	return &clientStmt{unnamed: true, query: b[:len(query):len(query)], types: b[len(query):]}
+}
+
+// paramTypes returns the parameter types a copy of cs is prepared with on
+// another connection: those the server inferred once it is described.
+func (cs *clientStmt) paramTypes() []byte {
+	if cs.shape != 0 && !cs.provisional {
+		return cs.fixed
+	}
+	return cs.types
 }
 
 func (cs *clientStmt) id() pool.StmtID { return pool.StmtID{Key: cs.key, Shape: cs.shape} }

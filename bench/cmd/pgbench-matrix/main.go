@@ -48,6 +48,13 @@ const (
 	targetFloorEpoll     target = "floor-epoll"
 )
 
+// baselinePrefix starts the name of the target -baseline adds: kproxy in
+// transaction mode, built from another commit.
+const baselinePrefix = "kproxy-tx@"
+
+// baseline reports whether t is kproxy built from the -baseline commit.
+func (t target) baseline() bool { return strings.HasPrefix(string(t), baselinePrefix) }
+
 // floor reports whether t is one of the floor-relay targets.
 func (t target) floor() bool { return t == targetFloorGoroutine || t == targetFloorEpoll }
 
@@ -91,6 +98,7 @@ type options struct {
 	poolSize    int
 	primaryPort int
 	out         string
+	baseline    string // git revision of the kproxy-tx@ target; "" for none
 	targets     []target
 	scripts     []string
 	protocols   []string
@@ -114,6 +122,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.rounds, "rounds", 3, "rounds; each runs every scenario once on every target")
 	fs.StringVar(&targets, "targets", joinTargets(defaultTargets), "comma-separated targets to run; "+
 		joinTargets([]target{targetFloorGoroutine, targetFloorEpoll})+" are bench/cmd/floor-relay")
+	fs.StringVar(&o.baseline, "baseline", "", "git `rev`ision to build kproxy from as one more target, kproxy-tx@rev (transaction mode), next to kproxy-tx: an A/B in the same run")
 	fs.StringVar(&o.out, "out", "bench/results", "results `dir`ectory; a relative path is taken from the repository root")
 	fs.IntVar(&o.primaryPort, "primary", 0, "`port` of an existing primary on 127.0.0.1 that trusts user postgres; 0 starts a private cluster with scripts/pgcluster")
 	fs.IntVar(&o.scale, "scale", 10, "pgbench scale factor for pgbench -i")
@@ -149,6 +158,14 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if len(o.targets) == 0 {
 		return o, errors.New("-targets is empty")
+	}
+	if o.baseline != "" {
+		if strings.ContainsAny(o.baseline, " \t,") || strings.HasPrefix(o.baseline, "-") {
+			return o, fmt.Errorf("bad -baseline revision %q", o.baseline)
+		}
+		t := target(baselinePrefix + o.baseline)
+		i := slices.Index(o.targets, targetKproxyTx)
+		o.targets = slices.Insert(o.targets, i+1, t) // at the end when kproxy-tx is not run
 	}
 
 	o.scripts = []string{"select-only", "tpcb-like"}
@@ -208,6 +225,7 @@ type harness struct {
 	pgbench    string
 	pgbouncer  string // "" when not installed
 	kproxy     string // built binary; "" when no kproxy target runs
+	kproxyBase string // kproxy built from -baseline; "" without it
 	floorRelay string // built floor-relay binary; "" when no floor target runs
 	cluster    *rig.Cluster
 	ticks      int64 // clock ticks per second
@@ -254,6 +272,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if slices.Contains(opts.targets, targetKproxyTx) || slices.Contains(opts.targets, targetKproxySession) {
 		progress(stderr, "building kproxy")
 		if h.kproxy, err = rig.BuildKproxy(ctx, root, h.work); err != nil {
+			return err
+		}
+	}
+	if opts.baseline != "" {
+		progress(stderr, "building kproxy at "+opts.baseline)
+		if h.kproxyBase, err = buildAt(ctx, root, opts.baseline, h.work); err != nil {
 			return err
 		}
 	}
@@ -417,23 +441,26 @@ func (h *harness) runCell(ctx context.Context, c *cell) result {
 	addr := h.cluster.Addr()
 	var proxy *rig.Process
 	pool := h.opts.poolSize
-	switch c.Target {
-	case targetKproxyTx, targetKproxySession:
-		mode := "transaction"
+	switch {
+	case c.Target == targetKproxyTx || c.Target == targetKproxySession || c.Target.baseline():
+		mode, bin := "transaction", h.kproxy
 		if c.Target == targetKproxySession {
 			// A session-mode client keeps its server connection: fewer
 			// connections than clients would leave clients waiting.
 			mode, pool = "session", max(pool, c.Scenario.Clients)
 		}
+		if c.Target.baseline() {
+			bin = h.kproxyBase
+		}
 		proxy, err = rig.StartKproxy(ctx, rig.KproxyConfig{
-			Bin: h.kproxy, Dir: dir, Primary: addr, PoolMode: mode, MaxConnections: pool, Database: database,
+			Bin: bin, Dir: dir, Primary: addr, PoolMode: mode, MaxConnections: pool, Database: database,
 		})
-	case targetFloorGoroutine, targetFloorEpoll:
+	case c.Target.floor():
 		mode := strings.TrimPrefix(string(c.Target), "floor-")
 		proxy, err = rig.StartFloorRelay(ctx, rig.FloorRelayConfig{
 			Bin: h.floorRelay, Dir: dir, Primary: addr, Mode: mode, PoolSize: pool, Database: database,
 		})
-	case targetPgBouncerTx:
+	case c.Target == targetPgBouncerTx:
 		proxy, err = rig.StartPgBouncer(ctx, rig.PgBouncerConfig{
 			Bin: h.pgbouncer, Dir: dir, Primary: addr, PoolMode: "transaction", PoolSize: pool,
 			MaxClientConn: max(1000, 2*c.Scenario.Clients), Database: database,
@@ -487,6 +514,39 @@ func (h *harness) runCell(ctx context.Context, c *cell) result {
 		res.PeakRSSKiB = mem.PeakRSSKiB
 	}
 	return res
+}
+
+// buildAt builds kproxy as it was at git revision rev, from a copy of that
+// tree (git archive) in a directory below work, and returns the binary.
+func buildAt(ctx context.Context, root, rev, work string) (string, error) {
+	src := filepath.Join(work, "baseline-src")
+	if err := os.Mkdir(src, 0o755); err != nil {
+		return "", err
+	}
+	archive := exec.CommandContext(ctx, "git", "-C", root, "archive", "--format=tar", rev)
+	untar := exec.CommandContext(ctx, "tar", "-x", "-C", src)
+	pipe, err := archive.StdoutPipe()
+	if err != nil {
+		return "", err
+	}
+	untar.Stdin = pipe
+	var archiveErr strings.Builder
+	archive.Stderr = &archiveErr
+	if err := untar.Start(); err != nil {
+		return "", err
+	}
+	if err := archive.Run(); err != nil {
+		_ = untar.Wait()
+		return "", fmt.Errorf("git archive %s: %w: %s", rev, err, strings.TrimSpace(archiveErr.String()))
+	}
+	if err := untar.Wait(); err != nil {
+		return "", fmt.Errorf("unpacking %s: %w", rev, err)
+	}
+	out := filepath.Join(work, "baseline-bin")
+	if err := os.Mkdir(out, 0o755); err != nil {
+		return "", err
+	}
+	return rig.BuildKproxy(ctx, src, out)
 }
 
 // describe is the end of a progress line for one run.

@@ -16,6 +16,14 @@ var targetColors = map[target]string{
 	targetFloorEpoll:     "#937860",
 }
 
+// targetColor is t's bar colour; the -baseline target has its own.
+func targetColor(t target) string {
+	if t.baseline() {
+		return "#da8bc3"
+	}
+	return targetColors[t]
+}
+
 // Layout of the chart, in pixels.
 const (
 	barW      = 16.0 // one bar
@@ -91,7 +99,7 @@ func (r *report) svg() string {
 			r.machine.Commit, r.started.UTC().Format("2006-01-02 15:04 UTC"), r.machine.CPUs, r.machine.CPUModel, r.opts.poolSize)))
 	lx := left
 	for _, t := range r.opts.targets {
-		fmt.Fprintf(&b, `<rect x="%.1f" y="52" width="12" height="12" fill="%s"/>`+"\n", lx, targetColors[t])
+		fmt.Fprintf(&b, `<rect x="%.1f" y="52" width="12" height="12" fill="%s"/>`+"\n", lx, targetColor(t))
 		fmt.Fprintf(&b, `<text x="%.1f" y="62">%s</text>`+"\n", lx+16, xmlEscape(string(t)))
 		lx += 16 + float64(len(t))*7 + 24
 	}
@@ -132,7 +140,7 @@ func (r *report) svg() string {
 				default:
 					h := s.TPS / yMax * plotH
 					fmt.Fprintf(&b, `<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s</title></rect>`+"\n",
-						x+1, top+plotH-h, barW-2, h, targetColors[c.Target],
+						x+1, top+plotH-h, barW-2, h, targetColor(c.Target),
 						xmlEscape(fmt.Sprintf("%s on %s: %s tps", c.Scenario, c.Target, formatInt(int64(s.TPS+0.5)))))
 					if labels {
 						text, fill := formatInt(int64(s.TPS+0.5)), "#333"
