@@ -1038,7 +1038,7 @@ func (ss *session) serverStmtLocked(sc *pool.Conn, name string, bind []byte) (se
 		return cs.name, true
 	}
 	if cs.shape != 0 {
-		if n, found := sc.LookupStmt(cs.id()); found && !cs.provisional {
+		if n, found := sc.LookupStmt(cs.id()); found {
 			cs.sc, cs.name = sc, n
 			return n, true
 		}
@@ -1655,6 +1655,11 @@ func (ss *session) relay(sc *pool.Conn, done chan struct{}, inline bool) {
 			switch {
 			case t == 'E':
 				ss.noteErrorLocked(head)
+				if bytes.Contains(msg, []byte("C0A000\x00")) {
+					// A statement changed under a client: what the pool
+					// knows of texts may be stale (answerLocallyLocked).
+					ss.srv.schemaGen.Add(1)
+				}
 				switch {
 				case head.substitute:
 					msg = head.frame
