@@ -832,6 +832,7 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 	case 'E':
 		ss.inBatch = true
 		if tx && ss.portalLocal != nil && cstring(body) == ss.portalLocalName {
+			ss.snapshotLocked(sc)
 			ss.deallocateLocked(ss.portalLocal)
 			return nil
 		}
@@ -866,6 +867,7 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 				// itself (Closes at attach), gives the transaction status,
 				// and the safe point comes as for any Query. Like any
 				// Query, it ends the unnamed portal.
+				ss.snapshotLocked(sc)
 				ss.deallocateLocked(d)
 				ss.send([]byte{'C', 0, 0, 0, 6, 'P', 0}, reply{kind: replySwallow, msg: 'C'})
 				ss.send([]byte{'S', 0, 0, 0, 4}, reply{kind: replyForward, msg: 'S'})
@@ -913,6 +915,19 @@ func (ss *session) localDeallocateLocked(scan classify.Session) *localDeallocate
 		return &localDeallocate{name: scan.Deallocate}
 	}
 	return nil
+}
+
+// snapshotLocked does what running a DEALLOCATE kproxy answers itself
+// would have done on the server: in a transaction block, the first
+// statement takes the transaction's snapshot, after which SET TRANSACTION
+// and BEGIN ISOLATION LEVEL are refused. A Parse of an empty SELECT takes
+// it; it replaces the server's unnamed statement.
+func (ss *session) snapshotLocked(sc *pool.Conn) {
+	if ss.txStatus != pgwire.TxActive {
+		return
+	}
+	ss.send(parseFrame(nil, "", []byte("SELECT"), []byte{0, 0}), reply{kind: replySwallow, msg: 'P'})
+	sc.SetUnnamedOwner(nil)
 }
 
 // deallocateLocked runs d: it drops the client statements d names and
