@@ -144,4 +144,10 @@
 // session-mode clients to replicas, does not move a transaction that
 // turns out to write from a replica to the primary (the replica answers
 // 25006), and does not proxy replication connections or GSSAPI encryption.
+// One difference from a direct connection remains in transaction mode: a
+// Parse kproxy sends in the middle of a transaction (a statement prepared
+// again on the connection) makes Postgres advance its command counter, so
+// the statements after it see the changes of a writing portal that was
+// stopped after some of its rows (Execute with a row limit of INSERT …
+// RETURNING) before Postgres would show them.
 package proxy

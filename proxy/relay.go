@@ -1363,6 +1363,7 @@ const (
 	effectSettings stmtEffect = 1 << iota // changes settings
 	effectPins                            // may take or drop state that pins
 	effectCode                            // runs code: may change anything
+	effectSchema                          // may change the schema (Server.schemaGen)
 )
 
 // noteSQLLocked records what a statement may do to the session, to be
@@ -1384,13 +1385,17 @@ func (ss *session) noteSQLLocked(sql string) (classify.Session, stmtEffect) {
 	if scan.RunsCode || ss.srv.funcsStale.Load() {
 		eff |= effectCode
 	}
-	if scan.Schema || eff&effectCode != 0 {
+	if scan.Schema {
+		eff |= effectSchema
+	}
+	if eff&(effectSchema|effectCode) != 0 {
 		// Raised now and when the transaction ends, after which what
-		// it did is seen by every Parse (readyForQueryLocked).
+		// it did is seen by every Parse (readyForQueryLocked); and at
+		// each Bind of a statement with that effect (markLocked).
 		ss.srv.schemaGen.Add(1)
 		ss.schemaTx = true
 	}
-	if eff != 0 {
+	if eff&^effectSchema != 0 {
 		// Custom settings (app.tenant, kproxy.target) are not in
 		// pg_settings: remember the names the text sets (in a DO block's
 		// body too) to read them back.
@@ -1430,6 +1435,12 @@ func (ss *session) markLocked(eff stmtEffect) {
 	}
 	if eff&effectCode != 0 {
 		ss.ranCode = true
+	}
+	if eff&(effectSchema|effectCode) != 0 {
+		// Raised now and when the transaction ends, after which what
+		// it did is seen by every Parse (readyForQueryLocked).
+		ss.srv.schemaGen.Add(1)
+		ss.schemaTx = true
 	}
 }
 
