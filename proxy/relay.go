@@ -1216,15 +1216,11 @@ func (ss *session) bindRefusedLocked(body []byte, cs *clientStmt, name string) b
 	if body == nil || len(cs.fixed) < 2 {
 		return false
 	}
-	i := bytes.IndexByte(body, 0) + 1
-	if i == 0 {
+	_, _, end, ok := bindStatement(body)
+	if !ok || len(body) < end+3 {
 		return false
 	}
-	j := bytes.IndexByte(body[i:], 0)
-	if j < 0 || len(body) < i+j+3 {
-		return false
-	}
-	i += j + 1
+	i := end + 1
 	formats := int(binary.BigEndian.Uint16(body[i:]))
 	i += 2 + 2*formats
 	if len(body) < i+2 {
