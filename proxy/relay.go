@@ -58,8 +58,9 @@ type reply struct {
 	// skips the message.
 	setsUnnamed bool
 	prevUnnamed *clientStmt
-	dropsAll    bool // a Query with DEALLOCATE ALL or DISCARD ALL
-	failed      bool // an ErrorResponse arrived for it
+	dropsAll    bool   // a Query with DEALLOCATE ALL or DISCARD ALL
+	portal      string // the named portal a Bind creates or a Close closes
+	failed      bool   // an ErrorResponse arrived for it
 }
 
 func (r *reply) fromServer() bool { return r.kind <= replySwallow }
@@ -767,7 +768,7 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 			if tx {
 				ss.markLocked(ss.unnamed.effect)
 			}
-			ss.send(msg, reply{kind: replyForward, msg: 'B'})
+			ss.send(msg, reply{kind: replyForward, msg: 'B', portal: cstring(body)})
 			return nil
 		}
 		server, ok := ss.serverStmtLocked(sc, string(name), body)
@@ -775,7 +776,7 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 			return nil
 		}
 		ss.toServer = replaceRange(ss.toServer, 'B', body, start, end, server)
-		ss.replies = append(ss.replies, reply{kind: replyForward, msg: 'B', stmt: server, client: ss.stmts[string(name)].client})
+		ss.replies = append(ss.replies, reply{kind: replyForward, msg: 'B', stmt: server, client: ss.stmts[string(name)].client, portal: cstring(body)})
 		ss.lastBound = server
 	case 'D', 'C':
 		ss.inBatch = true
@@ -801,6 +802,9 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 				return nil
 			}
 			r := reply{kind: replyForward, msg: t}
+			if t == 'C' && len(body) >= 2 && body[0] == 'P' {
+				r.portal = cstring(body[1:])
+			}
 			if tx && t == 'D' && len(body) >= 2 && body[0] == 'S' {
 				u := ss.unnamed
 				if u != nil && sc.UnnamedOwner() != any(u) && ss.describeFromCacheLocked(u) {
@@ -991,7 +995,7 @@ func (ss *session) ensureUnnamedLocked(sc *pool.Conn, bind []byte) bool {
 	}
 	ss.toServer = describeStmtFrame(ss.toServer, "")
 	ss.replies = append(ss.replies, reply{kind: replySwallow, msg: 'D', cs: u, verify: true})
-	return ss.verifyLocked(sc, u, bind == nil)
+	return ss.verifyLocked(sc, u, bind)
 }
 
 // describeFromCacheLocked answers a Describe of client statement cs,
@@ -1065,7 +1069,7 @@ func (ss *session) serverStmtLocked(sc *pool.Conn, name string, bind []byte) (se
 			r.errPrefix = paramDescFrame(cs.fixed)
 		}
 		ss.prepareLocked(sc, cs, cs.paramTypes(), r)
-		if verifyShapes && !ss.verifyLocked(sc, cs, bind == nil) {
+		if verifyShapes && !ss.verifyLocked(sc, cs, bind) {
 			return "", false
 		}
 		return cs.name, true
@@ -1159,7 +1163,8 @@ func (ss *session) shapedLocked(sc *pool.Conn, r *reply, t byte, msg []byte) {
 // too, so that nothing of it runs; for a Describe (describe true) the
 // parameter types come first, as Postgres sends them before it checks the
 // statement against the schema. It unlocks mu while it waits.
-func (ss *session) verifyLocked(sc *pool.Conn, cs *clientStmt, describe bool) bool {
+func (ss *session) verifyLocked(sc *pool.Conn, cs *clientStmt, bind []byte) bool {
+	describe := bind == nil
 	ss.verifyWait, ss.verifyOK = true, false
 	toServer, toClient := ss.toServer, ss.toClient
 	toServer = append(toServer, 'H', 0, 0, 0, 4) // Flush: the answers come now
@@ -1203,8 +1208,26 @@ func (ss *session) verifyLocked(sc *pool.Conn, cs *clientStmt, describe bool) bo
 	if describe {
 		ss.enqueueLocked(reply{kind: replyFrame, frame: paramDescFrame(cs.fixed)})
 	}
+	if portal := cstring(bind); portal != "" && ss.portals[portal] {
+		// Postgres creates the portal before it checks the statement.
+		ss.failLocked(&Error{Severity: severityError, Code: "42P03", Message: fmt.Sprintf("cursor \"%s\" already exists", portal)})
+		return false
+	}
 	ss.failLocked(&Error{Severity: severityError, Code: "0A000", Message: "cached plan must not change result type"})
 	return false
+}
+
+// notePortalLocked records that the server created (BindComplete) or
+// closed (CloseComplete) named portal p.
+func (ss *session) notePortalLocked(p string, created bool) {
+	if !created {
+		delete(ss.portals, p)
+		return
+	}
+	if ss.portals == nil {
+		ss.portals = make(map[string]bool)
+	}
+	ss.portals[p] = true
 }
 
 // bindRefusedLocked reports whether Bind body of cs, named name by the
@@ -1700,6 +1723,9 @@ func (ss *session) relay(sc *pool.Conn, done chan struct{}, inline bool) {
 				if t == '1' && head.stmt != "" {
 					sc.StmtReady(head.stmt)
 				}
+				if head.portal != "" {
+					ss.notePortalLocked(head.portal, t == '2')
+				}
 				if head.msg == 'D' && head.cs != nil {
 					ss.shapedLocked(sc, head, t, msg)
 				}
@@ -1772,6 +1798,9 @@ func (ss *session) relay(sc *pool.Conn, done chan struct{}, inline bool) {
 // relayServer must stop.
 func (ss *session) readyForQueryLocked(sc *pool.Conn, st byte, post *[]byte) bool {
 	ss.txStatus = st
+	if st == pgwire.TxIdle {
+		clear(ss.portals) // they end with the transaction
+	}
 	if st == pgwire.TxIdle && ss.schemaTx {
 		ss.schemaTx = false
 		ss.srv.schemaGen.Add(1)

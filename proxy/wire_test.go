@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/kproxy/kproxy/config"
 	"github.com/kproxy/kproxy/internal/pgtest"
 )
 
@@ -627,4 +628,33 @@ func normalizeBackend(msg pgproto3.BackendMessage) (string, bool) {
 	default: // messages without content, such as ParseComplete and PortalSuspended
 		return strings.TrimPrefix(fmt.Sprintf("%T", msg), "*pgproto3."), true
 	}
+}
+
+// A Bind into a portal that is still open fails with 42P03 before Postgres
+// looks at the statement; kproxy, which prepares an evicted statement
+// again and checks its shape first, must give the same error after the
+// statement's table changed (and 0A000 only for a new portal).
+func TestBindIntoAnOpenPortalOfAStatementPreparedAgain(t *testing.T) {
+	txn := startProxy(t, func(c *config.Config) {
+		transactionMode(1)(c)
+		c.Pool.MaxPreparedStatements = 2 // so that the second and third Parse evict s
+	})
+	sc := wireScript{steps: []wireStep{
+		wireSend(msgQuery("DROP TABLE IF EXISTS wire_portal_t; CREATE TABLE wire_portal_t (a int); INSERT INTO wire_portal_t VALUES (1), (2)")),
+		wireSend(msgParse("s", "SELECT * FROM wire_portal_t"), msgSync),
+		wireSend(msgQuery("ALTER TABLE wire_portal_t ADD COLUMN b int")),
+		wireSend(msgQuery("BEGIN")),
+		wireSend(msgParse("e1", "SELECT 1"), msgBind("q0", "e1"), msgExecute("q0", 0),
+			msgParse("e2", "SELECT 2"), msgBind("", "e2"), msgExecute("", 0), msgSync),
+		wireSend(msgBind("q0", "s"), msgSync),
+		wireSend(msgQuery("ROLLBACK")),
+		wireSend(msgQuery("BEGIN")),
+		wireSend(msgBind("q1", "s"), msgSync),
+		wireSend(msgQuery("ROLLBACK; DROP TABLE wire_portal_t")),
+	}}
+	want := sc.run(t, pgtest.Get().PrimaryAddr, nil)
+	for _, code := range []string{"42P03", "0A000"} {
+		require.True(t, hasLineStarting(want, "ErrorResponse ERROR "+code), "Postgres' own answer has no %s:\n%s", code, strings.Join(want, "\n"))
+	}
+	assert.Equal(t, want, sc.run(t, txn.Addr, txn))
 }
