@@ -14,7 +14,10 @@
 // also reports statements that run code (DO, CALL, calls of given user
 // functions), which may change any session state, DDL of functions, and
 // any CREATE, ALTER or DROP (Schema), after which a text that parsed
-// before may no longer parse.
+// before may no longer parse, and a SELECT that reads the
+// pg_prepared_statements view in its FROM clause (PreparedStatementsView;
+// PreparedStatementsRefs says where), which kproxy rewrites to show the
+// client's own statements.
 //
 // # Classification
 //

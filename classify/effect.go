@@ -1,5 +1,7 @@
 package classify
 
+import "strings"
+
 // Effect is a kind of session state that cannot follow a client to another
 // server connection, and so pins the client to its server connection.
 type Effect uint8
@@ -76,6 +78,26 @@ type Session struct {
 	// Schema is set for CREATE, ALTER and DROP of anything: statements
 	// that may change whether a text that parsed before parses still.
 	Schema bool
+	// PreparedStatementsView is set when a SELECT (or WITH) reads the
+	// pg_prepared_statements view in its FROM clause (PreparedStatementsRefs
+	// says where). Through a transaction pooler the view would list the
+	// server connection's statements, not the client's.
+	PreparedStatementsView bool
+}
+
+// PreparedStatementsRefs returns where the statements of sql read the
+// pg_prepared_statements view, in order (see Session).
+func PreparedStatementsRefs(sql string) []ViewRef {
+	var refs []ViewRef
+	scanSession(sql, nil, &refs)
+	return refs
+}
+
+// ViewRef is a reference to a relation in a FROM clause: sql[Start:End] is
+// its name, schema included, and Aliased tells whether an alias follows.
+type ViewRef struct {
+	Start, End int
+	Aliased    bool
 }
 
 // SessionEffect returns the pin candidate of sql, or EffectNone.
@@ -87,14 +109,22 @@ func ScanSession(sql string) Session { return ScanSessionCalls(sql, nil) }
 // ScanSessionCalls is ScanSession that also sets RunsCode when sql calls
 // one of userFuncs (names lower-cased, as an unquoted identifier is).
 func ScanSessionCalls(sql string, userFuncs map[string]bool) Session {
+	return scanSession(sql, userFuncs, nil)
+}
+
+func scanSession(sql string, userFuncs map[string]bool, refs *[]ViewRef) Session {
 	var s Session
 	lx := lexer{src: sql}
 	var kw [16]string
 	words := kw[:0]   // the current statement's words: keywords lower-cased, any other word ""
 	var raw [3]string // its first words as written, for DEALLOCATE's name
 	statements := 0
+	var prev [3]token // the tokens before tok, latest first
 	for {
 		tok, ok := lx.next()
+		if ok {
+			prev[2], prev[1], prev[0] = prev[1], prev[0], token{kind: tok.kind, text: tok.text}
+		}
 		if !ok || tok.kind == tokSemicolon {
 			if len(words) > 0 {
 				statements++
@@ -111,6 +141,14 @@ func ScanSessionCalls(sql string, userFuncs map[string]bool) Session {
 		}
 		if tok.kind == tokWord {
 			w := keyword(tok.text)
+			if w == "pg_prepared_statements" && len(words) > 0 && (words[0] == "select" || words[0] == "with") {
+				if ref, ok := viewRef(&lx, prev); ok {
+					s.PreparedStatementsView = true
+					if refs != nil {
+						*refs = append(*refs, ref)
+					}
+				}
+			}
 			if lx.peekByte() == '(' {
 				if w != "" {
 					s.addFunction(w)
@@ -137,6 +175,7 @@ func init() {
 		"function", "index", "into", "set_config", "do", "call", "alter", "procedure", "extension",
 		"pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock", "pg_try_advisory_lock_shared",
 		"pg_advisory_unlock", "pg_advisory_unlock_shared", "pg_advisory_unlock_all",
+		"select", "from", "join", "pg_catalog", "pg_prepared_statements",
 	} {
 		sessionKeywords[w] = w
 	}
@@ -161,6 +200,66 @@ func keyword(word string) string {
 		b[i] = c
 	}
 	return sessionKeywords[string(b[:len(word)])]
+}
+
+// viewRef returns the reference to a relation whose name is the word lx
+// just read, prev[0], when it is one: it comes right after FROM or JOIN,
+// unqualified or in pg_catalog, and is neither a function nor a column's
+// qualifier.
+func viewRef(lx *lexer, prev [3]token) (ViewRef, bool) {
+	end := lx.pos
+	ref := ViewRef{Start: end - len(prev[0].text), End: end}
+	if b := lx.peekByte(); b == '(' || b == '.' {
+		return ref, false
+	}
+	before := prev[1]
+	if before.kind == tokOther && ref.Start > 0 && dotBefore(lx.src, ref.Start) {
+		if prev[2].kind != tokWord || keyword(prev[2].text) != "pg_catalog" {
+			return ref, false
+		}
+		// The word before pg_catalog is not kept: find it in the text.
+		ref.Start = strings.LastIndex(strings.ToLower(lx.src[:ref.Start]), "pg_catalog")
+		w := lastWord(lx.src[:ref.Start])
+		if w != "from" && w != "join" {
+			return ref, false
+		}
+	} else if before.kind != tokWord || (keyword(before.text) != "from" && keyword(before.text) != "join") {
+		return ref, false
+	}
+	next := *lx
+	if tok, ok := next.next(); ok && tok.kind == tokWord {
+		switch strings.ToLower(tok.text) {
+		case "where", "join", "inner", "left", "right", "full", "cross", "natural", "on", "using", "group",
+			"order", "limit", "offset", "union", "intersect", "except", "window", "having", "fetch", "for",
+			"returning", "tablesample":
+		default:
+			ref.Aliased = true
+		}
+	}
+	return ref, true
+}
+
+// dotBefore reports whether the last byte of sql[:i] that is not a space
+// is a dot.
+func dotBefore(sql string, i int) bool {
+	for i > 0 && isSpace(sql[i-1]) {
+		i--
+	}
+	return i > 0 && sql[i-1] == '.'
+}
+
+// lastWord returns the last word of sql, lower-cased, skipping spaces
+// and a trailing dot.
+func lastWord(sql string) string {
+	end := len(sql)
+	for end > 0 && isSpace(sql[end-1]) {
+		end--
+	}
+	start := end
+	for start > 0 && isIdentPart(sql[start-1]) {
+		start--
+	}
+	return strings.ToLower(sql[start:end])
 }
 
 func (s *Session) pin(e Effect) {

@@ -1,6 +1,9 @@
 package classify
 
-import "testing"
+import (
+	"slices"
+	"testing"
+)
 
 func TestSessionEffectFindsStatementsThatLeaveStateBehind(t *testing.T) {
 	tests := []struct {
@@ -110,6 +113,43 @@ func BenchmarkScanSession(b *testing.B) {
 	for b.Loop() {
 		if s := ScanSession("SELECT abalance FROM pgbench_accounts WHERE aid = 40721;"); s != (Session{}) {
 			b.Fatal(s)
+		}
+	}
+}
+
+func TestScanSessionFindsTheClientsViewOfPreparedStatements(t *testing.T) {
+	tests := []struct {
+		sql  string
+		want []string // the referenced names, with "+alias" when an alias follows
+	}{
+		{"select count(*) from pg_prepared_statements where statement = $1", []string{"pg_prepared_statements"}},
+		{"SELECT name FROM pg_catalog.pg_prepared_statements", []string{"pg_catalog.pg_prepared_statements"}},
+		{"select exists(select 1 from PG_Prepared_Statements p where p.name = 'x')", []string{"PG_Prepared_Statements+alias"}},
+		{"SELECT * FROM pg_prepared_statements AS ps JOIN pg_prepared_statements ON true", []string{"pg_prepared_statements+alias", "pg_prepared_statements"}},
+		{"WITH s AS (SELECT * FROM pg_prepared_statements) SELECT * FROM s", []string{"pg_prepared_statements"}},
+		{"SELECT 1; SELECT * FROM pg_prepared_statements ORDER BY name", []string{"pg_prepared_statements"}},
+		// Not the view, or not a read of it.
+		{"SELECT * FROM myschema.pg_prepared_statements", nil},
+		{"SELECT pg_prepared_statements.name FROM t", nil},
+		{"SELECT 'from pg_prepared_statements'", nil},
+		{"CREATE VIEW v AS SELECT * FROM pg_prepared_statements", nil},
+		{"INSERT INTO t SELECT name FROM pg_prepared_statements", nil},
+		{"SELECT * FROM \"pg_prepared_statements\"", nil},
+	}
+	for _, tt := range tests {
+		var got []string
+		if ScanSession(tt.sql).PreparedStatementsView != (tt.want != nil) {
+			t.Errorf("%q: PreparedStatementsView is %v", tt.sql, !(tt.want != nil))
+		}
+		for _, r := range PreparedStatementsRefs(tt.sql) {
+			s := tt.sql[r.Start:r.End]
+			if r.Aliased {
+				s += "+alias"
+			}
+			got = append(got, s)
+		}
+		if !slices.Equal(got, tt.want) {
+			t.Errorf("%q: got %q, want %q", tt.sql, got, tt.want)
 		}
 	}
 }

@@ -252,11 +252,11 @@ func (ss *session) sqlOfLocked(t byte, msg []byte) string {
 		case !ok:
 		case len(name) == 0:
 			if u := ss.unnamed; u != nil {
-				return string(u.query)
+				return string(u.clientText())
 			}
 		default:
 			if cs := ss.stmts[string(name)]; cs != nil {
-				return string(cs.query)
+				return string(cs.clientText())
 			}
 		}
 	}
@@ -603,7 +603,7 @@ func (ss *session) answerLocallyLocked(t byte, msg []byte) ([]byte, bool) {
 			return nil, false
 		}
 		scan := classify.ScanSessionCalls(string(query), nil)
-		if scan.Schema || scan.RunsCode || scan.Deallocate != "" || scan.DeallocateAll {
+		if scan.Schema || scan.RunsCode || scan.Deallocate != "" || scan.DeallocateAll || scan.PreparedStatementsView {
 			return nil, false // the server and planLocked see to these
 		}
 		ss.inBatch = true
@@ -704,6 +704,10 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 				return nil
 			}
 			sc.SetUnnamedOwner(u)
+			if scan.PreparedStatementsView {
+				ss.readsPreparedViewLocked(u, "")
+				msg = parseFrame(nil, "", u.query, types)
+			}
 			ss.send(msg, r)
 			ss.describeUnnamed = u
 			return nil
@@ -724,6 +728,9 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 		cs.effect = eff
 		cs.client = n
 		ss.stmts[n] = cs
+		if scan.PreparedStatementsView {
+			ss.readsPreparedViewLocked(cs, ss.settings["search_path"])
+		}
 		if cs.local = ss.localDeallocateLocked(scan); cs.local != nil {
 			ss.enqueueLocked(reply{kind: replyParseComplete, client: n})
 			return nil
@@ -865,6 +872,11 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 			text := cstring(body)
 			scan, _ := ss.noteSQLLocked(text)
 			ss.noteRouteLocked(text)
+			if scan.PreparedStatementsView {
+				msg = append([]byte{'Q', 0, 0, 0, 0}, rewritePreparedView(text, ss.preparedRowsLocked())...)
+				msg = append(msg, 0)
+				binary.BigEndian.PutUint32(msg[1:], uint32(len(msg)-1))
+			}
 			if d := ss.localDeallocateLocked(scan); d != nil {
 				// kproxy answers the DEALLOCATE, and a Sync the
 				// ReadyForQuery: the server answers what kproxy sent it
@@ -977,6 +989,9 @@ func (ss *session) ensureUnnamedLocked(sc *pool.Conn, bind []byte) bool {
 		ss.failLocked(errNoUnnamedStmt)
 		return false
 	}
+	if u.view != nil && ss.refreshViewLocked(u) && sc.UnnamedOwner() == any(u) {
+		sc.SetUnnamedOwner(nil) // prepared again with the rows as they are now
+	}
 	if sc.UnnamedOwner() == any(u) {
 		return true
 	}
@@ -1053,6 +1068,9 @@ func (ss *session) serverStmtLocked(sc *pool.Conn, name string, bind []byte) (se
 		return "", false
 	}
 	ss.markLocked(cs.effect)
+	if cs.view != nil {
+		ss.refreshViewLocked(cs)
+	}
 	if cs.sc == sc && sc.HasStmt(cs.name) {
 		return cs.name, true
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"hash/fnv"
+	"time"
 
 	"github.com/kproxy/kproxy/pool"
 )
@@ -44,6 +45,18 @@ type clientStmt struct {
 	// server statement on sc while sc.HasStmt(name).
 	sc   *pool.Conn
 	name string
+	// view is set when its text reads pg_prepared_statements: query is then
+	// kproxy's rewrite of the client's text (preparedview.go).
+	view *viewStmt
+	at   time.Time // when the client prepared it (a named one)
+}
+
+// clientText returns the text of cs as the client sent it.
+func (cs *clientStmt) clientText() []byte {
+	if cs.view != nil {
+		return cs.view.text
+	}
+	return cs.query
 }
 
 // newClientStmt builds the statement for a client's Parse of query with
@@ -54,6 +67,7 @@ func newClientStmt(query []byte, paramTypes []byte, searchPath string) *clientSt
 		key:   pool.StmtKey(string(query), paramTypes, searchPath),
 		query: bytes.Clone(query),
 		types: bytes.Clone(paramTypes),
+		at:    time.Now(),
 	}
 }
 

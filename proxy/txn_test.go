@@ -455,3 +455,67 @@ func TestCustomSettingsFollowTheClient(t *testing.T) {
 		assert.Equal(t, "globex", got)
 	}
 }
+
+// pg_prepared_statements shows a client its own statements, under its own
+// names, in every query mode, and stops showing one it deallocated, as on
+// Postgres; not the server connection's, which kproxy names itself and
+// which other clients share.
+func TestPgPreparedStatementsListsTheClientsOwnStatements(t *testing.T) {
+	p := startProxy(t, transactionMode(1))
+	ctx := context.Background()
+	other := connect(t, p.DSN("postgres", "postgres", ""), pgx.QueryExecModeExec)
+	_, err := other.PgConn().Prepare(ctx, "others", "select 42", nil)
+	require.NoError(t, err)
+
+	const list = "SELECT name, statement, parameter_types::text, from_sql FROM pg_prepared_statements WHERE name <> $1 ORDER BY name"
+	modes := []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec, pgx.QueryExecModeDescribeExec,
+		pgx.QueryExecModeCacheDescribe, pgx.QueryExecModeCacheStatement}
+	run := func(dsn string, mode pgx.QueryExecMode) []string {
+		conn := connect(t, dsn, mode)
+		var got []string
+		look := func(step string) {
+			rows, err := conn.Query(ctx, list, "none")
+			require.NoError(t, err)
+			for rows.Next() {
+				var name, stmt, types string
+				var fromSQL bool
+				require.NoError(t, rows.Scan(&name, &stmt, &types, &fromSQL))
+				got = append(got, fmt.Sprintf("%s: %s %q %s %v", step, name, stmt, types, fromSQL))
+			}
+			require.NoError(t, rows.Err())
+			got = append(got, step+" done")
+		}
+		pc := conn.PgConn()
+		look("none")
+		_, err := pc.Prepare(ctx, "a", "select 42", nil)
+		require.NoError(t, err)
+		_, err = pc.Prepare(ctx, "b", "select $1::int + $2", nil)
+		require.NoError(t, err)
+		look("two")
+		require.NoError(t, pc.Deallocate(ctx, "a"))
+		look("one")
+		_, err = conn.Exec(ctx, "DEALLOCATE b")
+		require.NoError(t, err)
+		look("gone")
+		_, err = conn.Exec(ctx, "PREPARE sqlp (int) AS SELECT $1")
+		require.NoError(t, err)
+		look("sql")
+		var n int
+		require.NoError(t, conn.QueryRow(ctx, "SELECT count(*) FROM pg_catalog.pg_prepared_statements p WHERE p.statement = 'select 42'").Scan(&n))
+		got = append(got, fmt.Sprintf("select 42: %d", n))
+		_, err = conn.Exec(ctx, "DEALLOCATE sqlp") // unpins the client
+		require.NoError(t, err)
+		look("end")
+		return got
+	}
+	for _, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) {
+			want := run(directDSN("postgres", "postgres", ""), mode)
+			for _, line := range []string{`two: a "select 42" {} false`, `two: b "select $1::int + $2" {integer,integer} false`,
+				`sql: sqlp "PREPARE sqlp (int) AS SELECT $1" {integer} true`, "select 42: 0"} {
+				require.Contains(t, want, line, "Postgres' own answer")
+			}
+			assert.Equal(t, want, run(p.DSN("postgres", "postgres", ""), mode))
+		})
+	}
+}
