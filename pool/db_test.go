@@ -665,7 +665,9 @@ func TestANetworkClientPreparesAfreshAndItsStatementLeavesWithIt(t *testing.T) {
 	assert.Equal(t, hits, c.Stats()[0].PreparedHits, "the network client's Parse was prepared afresh, not found")
 
 	listed := func(pc *pgx.Conn) []string {
-		rows, err := pc.Query(ctx, "SELECT name FROM pg_prepared_statements WHERE statement = '"+q+"' ORDER BY name", pgx.QueryExecModeSimpleProtocol)
+		// The server connection's statements: the function behind
+		// pg_prepared_statements, which kproxy shows a client as its own.
+		rows, err := pc.Query(ctx, "SELECT name FROM pg_prepared_statement() WHERE statement = '"+q+"' ORDER BY name", pgx.QueryExecModeSimpleProtocol)
 		require.NoError(t, err)
 		names, err := pgx.CollectRows(rows, pgx.RowTo[string])
 		require.NoError(t, err)

@@ -72,14 +72,17 @@
 // the server the names are kproxy's and the statements shared. For the
 // same reason a SELECT that reads pg_prepared_statements is rewritten to
 // read the client's own statements, with its names and texts, and the
-// connection's SQL-level ones (preparedview.go).
+// connection's SQL-level ones (preparedview.go); the function behind the
+// view, pg_prepared_statement(), still lists the connection's own.
 //
 // A Bind that fails one of the checks Postgres makes before it looks at
 // the schema gets that error rather than 0A000, when kproxy prepares the
-// statement again: the statement's existence (26000), the parameter
-// counts (08P01), a failed transaction (25P02), and a named portal still
-// open in the transaction (42P03; kproxy keeps the names the server
-// confirmed until the transaction ends).
+// statement again: the statement's existence (26000) and the parameter
+// counts (08P01), which kproxy checks, a failed transaction (25P02), where
+// the server refuses the Parse, and a named portal still open (42P03) or
+// parameter values that do not decode (22P02, 22P03), which the server
+// finds when kproxy binds the client's values to the statement it just
+// prepared (same parameter types) before it reports 0A000.
 //
 // No session state crosses clients. Settings and pins are read back from
 // the server at the safe point, after a transaction that may have changed
@@ -159,10 +162,7 @@
 // again on the connection) makes Postgres advance its command counter, so
 // the statements after it see the changes of a writing portal that was
 // stopped after some of its rows (Execute with a row limit of INSERT …
-// RETURNING) before Postgres would show them. And where the schema
-// changed under a statement kproxy prepares again, a Bind whose parameter
-// values do not decode gets 0A000, where Postgres decodes them first and
-// gives their error (22P02, 22P03).
+// RETURNING) before Postgres would show them.
 //
 // Its pg_prepared_statements counts no plans (generic_plans and
 // custom_plans are 0, result_types is null), and only a reference to the

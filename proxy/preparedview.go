@@ -26,7 +26,9 @@ import (
 // type (so the columns are those of the server's version), followed by the
 // server connection's SQL-level prepared statements (which pin a client to
 // its connection, so are its own). kproxy does not count plans:
-// generic_plans and custom_plans are 0.
+// generic_plans and custom_plans are 0. The function behind the view,
+// pg_prepared_statement(), still lists the server connection's statements,
+// for whoever wants to see kproxy's.
 //
 // The rows are in the text the server prepares, so a statement that reads
 // the view is prepared again, under a new text, whenever the client's

@@ -58,9 +58,11 @@ type reply struct {
 	// skips the message.
 	setsUnnamed bool
 	prevUnnamed *clientStmt
-	dropsAll    bool   // a Query with DEALLOCATE ALL or DISCARD ALL
-	portal      string // the named portal a Bind creates or a Close closes
-	failed      bool   // an ErrorResponse arrived for it
+	dropsAll    bool // a Query with DEALLOCATE ALL or DISCARD ALL
+	// probe: a Bind kproxy sends to have the server make the checks Postgres
+	// makes before it looks at the schema (verifyLocked).
+	probe  bool
+	failed bool // an ErrorResponse arrived for it
 }
 
 func (r *reply) fromServer() bool { return r.kind <= replySwallow }
@@ -775,7 +777,7 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 			if tx {
 				ss.markLocked(ss.unnamed.effect)
 			}
-			ss.send(msg, reply{kind: replyForward, msg: 'B', portal: cstring(body)})
+			ss.send(msg, reply{kind: replyForward, msg: 'B'})
 			return nil
 		}
 		server, ok := ss.serverStmtLocked(sc, string(name), body)
@@ -783,7 +785,7 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 			return nil
 		}
 		ss.toServer = replaceRange(ss.toServer, 'B', body, start, end, server)
-		ss.replies = append(ss.replies, reply{kind: replyForward, msg: 'B', stmt: server, client: ss.stmts[string(name)].client, portal: cstring(body)})
+		ss.replies = append(ss.replies, reply{kind: replyForward, msg: 'B', stmt: server, client: ss.stmts[string(name)].client})
 		ss.lastBound = server
 	case 'D', 'C':
 		ss.inBatch = true
@@ -809,9 +811,6 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 				return nil
 			}
 			r := reply{kind: replyForward, msg: t}
-			if t == 'C' && len(body) >= 2 && body[0] == 'P' {
-				r.portal = cstring(body[1:])
-			}
 			if tx && t == 'D' && len(body) >= 2 && body[0] == 'S' {
 				u := ss.unnamed
 				if u != nil && sc.UnnamedOwner() != any(u) && ss.describeFromCacheLocked(u) {
@@ -1017,16 +1016,18 @@ func (ss *session) ensureUnnamedLocked(sc *pool.Conn, bind []byte) bool {
 // which sc does not have, from what kproxy learned of it, and reports
 // whether it did. Postgres describes a statement that returns no rows
 // from what it stored at its Parse, whatever happened to the objects it
-// names since; one that returns rows is checked against the schema first
-// (by preparing it on sc, see serverStmtLocked), and refused in a failed
-// transaction (25P02), where the server would refuse to prepare it. While
-// cs's shape is unknown, or once the batch may have ended the failed
-// transaction, the server decides.
+// names since (also when kproxy acknowledged the Parse itself, with the
+// shape the pool knew then: provisional); one that returns rows is checked
+// against the schema first (by preparing it on sc, see serverStmtLocked),
+// and refused in a failed transaction (25P02), where the server would
+// refuse to prepare it. While cs's shape is unknown or provisional, or once
+// the batch may have ended the failed transaction, the server decides
+// about one that returns rows.
 func (ss *session) describeFromCacheLocked(cs *clientStmt) bool {
 	switch {
-	case cs.shape == 0 || cs.provisional:
+	case cs.shape == 0:
 		return false
-	case cs.rows && (ss.txStatus != 'E' || ss.mayEndTx):
+	case cs.rows && (cs.provisional || ss.txStatus != 'E' || ss.mayEndTx):
 		return false
 	case cs.rows:
 		ss.failLocked(errFailedTransaction)
@@ -1178,11 +1179,45 @@ func (ss *session) shapedLocked(sc *pool.Conn, r *reply, t byte, msg []byte) {
 // server's answer. It reports whether the batch goes on: the statement has
 // the shape the client knows. When it does not, the client gets 0A000 at
 // this point, as from Postgres, and the server fails the rest of the batch
-// too, so that nothing of it runs; for a Describe (describe true) the
-// parameter types come first, as Postgres sends them before it checks the
-// statement against the schema. It unlocks mu while it waits.
+// too, so that nothing of it runs. Postgres makes some checks before it
+// looks at the schema, and their errors come first: for a Describe (bind
+// nil) it sends the parameter types; for a Bind it creates the portal
+// (42P03 when a named one is open) and decodes the parameters (22P02,
+// 22P03), which the server does now, by a Bind of the client's values to
+// the statement just prepared (it has the client's parameter types). It
+// unlocks mu while it waits.
 func (ss *session) verifyLocked(sc *pool.Conn, cs *clientStmt, bind []byte) bool {
-	describe := bind == nil
+	if !ss.awaitServerLocked(sc) {
+		return false
+	}
+	if ss.verifyOK {
+		return true
+	}
+	server := cs.name // the statement just prepared has the new shape: not the client's
+	cs.sc, cs.name = nil, ""
+	if cs.unnamed {
+		sc.SetUnnamedOwner(nil) // it fails again next time, as on Postgres
+	}
+	if bind != nil {
+		ss.toServer = probeBindFrame(ss.toServer, bind, server)
+		ss.replies = append(ss.replies, reply{kind: replySwallow, msg: 'B', probe: true})
+		if !ss.awaitServerLocked(sc) {
+			return false // the Bind's error is the client's
+		}
+	}
+	if bind == nil {
+		ss.enqueueLocked(reply{kind: replyFrame, frame: paramDescFrame(cs.fixed)})
+	}
+	ss.failLocked(&Error{Severity: severityError, Code: "0A000", Message: "cached plan must not change result type"})
+	return false
+}
+
+// awaitServerLocked sends what the batch holds so far, with a Flush, and
+// waits until the answer to the last queued message that verifyWait waits
+// for (a Describe that checks a shape, a probing Bind) has been read. It
+// reports false when the connection failed or the server refused a
+// message, whose error is then the client's. It unlocks mu while it waits.
+func (ss *session) awaitServerLocked(sc *pool.Conn) bool {
 	ss.verifyWait, ss.verifyOK = true, false
 	toServer, toClient := ss.toServer, ss.toClient
 	toServer = append(toServer, 'H', 0, 0, 0, 4) // Flush: the answers come now
@@ -1210,42 +1245,47 @@ func (ss *session) verifyLocked(sc *pool.Conn, cs *clientStmt, bind []byte) bool
 	for ok && ss.verifyWait && !ss.serverGoneLocked() {
 		ss.changed.Wait()
 	}
-	switch {
-	case !ok || ss.verifyWait || ss.skipping:
-		// The connection failed, or the Parse did and its error is the
-		// client's.
+	if !ok || ss.verifyWait || ss.skipping {
 		ss.verifyWait = false
 		return false
-	case ss.verifyOK:
-		return true
 	}
-	cs.sc, cs.name = nil, ""
-	if cs.unnamed {
-		sc.SetUnnamedOwner(nil) // it fails again next time, as on Postgres
-	}
-	if describe {
-		ss.enqueueLocked(reply{kind: replyFrame, frame: paramDescFrame(cs.fixed)})
-	}
-	if portal := cstring(bind); portal != "" && ss.portals[portal] {
-		// Postgres creates the portal before it checks the statement.
-		ss.failLocked(&Error{Severity: severityError, Code: "42P03", Message: fmt.Sprintf("cursor \"%s\" already exists", portal)})
-		return false
-	}
-	ss.failLocked(&Error{Severity: severityError, Code: "0A000", Message: "cached plan must not change result type"})
-	return false
+	return true
 }
 
-// notePortalLocked records that the server created (BindComplete) or
-// closed (CloseComplete) named portal p.
-func (ss *session) notePortalLocked(p string, created bool) {
-	if !created {
-		delete(ss.portals, p)
-		return
+// probeBindFrame appends to dst the client's Bind body with the statement
+// server and no result formats: the server checks the portal and decodes
+// the parameters as for the client's statement, and a column count that
+// changed with the schema cannot fail it.
+func probeBindFrame(dst, body []byte, server string) []byte {
+	_, start, end, ok := bindStatement(body)
+	if !ok {
+		return dst
 	}
-	if ss.portals == nil {
-		ss.portals = make(map[string]bool)
+	i := end + 1
+	if len(body) < i+2 {
+		return replaceRange(dst, 'B', body, start, end, server)
 	}
-	ss.portals[p] = true
+	i += 2 + 2*int(binary.BigEndian.Uint16(body[i:]))
+	if len(body) < i+2 {
+		return replaceRange(dst, 'B', body, start, end, server)
+	}
+	params := int(binary.BigEndian.Uint16(body[i:]))
+	i += 2
+	for range params {
+		if len(body) < i+4 {
+			return replaceRange(dst, 'B', body, start, end, server)
+		}
+		if n := int32(binary.BigEndian.Uint32(body[i:])); n > 0 {
+			i += int(n)
+		}
+		i += 4
+	}
+	if i > len(body) {
+		return replaceRange(dst, 'B', body, start, end, server)
+	}
+	probe := make([]byte, 0, i+2)
+	probe = append(append(probe, body[:i]...), 0, 0)
+	return replaceRange(dst, 'B', probe, start, end, server)
 }
 
 // bindRefusedLocked reports whether Bind body of cs, named name by the
@@ -1541,7 +1581,7 @@ func (ss *session) undoLocked(sc *pool.Conn, r *reply, later []reply) {
 		if r.kind == replyForward && r.client != "" {
 			ss.rebaseStmtLocked(later, r.client, nil)
 		}
-	case r.fromServer() && r.msg == 'D' && r.verify:
+	case r.fromServer() && (r.msg == 'D' && r.verify || r.probe):
 		ss.verifyWait = false
 		ss.changed.Broadcast()
 	case r.kind == replySwallow && r.msg == 'C' && r.stmt != "":
@@ -1741,8 +1781,9 @@ func (ss *session) relay(sc *pool.Conn, done chan struct{}, inline bool) {
 				if t == '1' && head.stmt != "" {
 					sc.StmtReady(head.stmt)
 				}
-				if head.portal != "" {
-					ss.notePortalLocked(head.portal, t == '2')
+				if head.probe {
+					ss.verifyWait = false
+					ss.changed.Broadcast()
 				}
 				if head.msg == 'D' && head.cs != nil {
 					ss.shapedLocked(sc, head, t, msg)
@@ -1816,9 +1857,6 @@ func (ss *session) relay(sc *pool.Conn, done chan struct{}, inline bool) {
 // relayServer must stop.
 func (ss *session) readyForQueryLocked(sc *pool.Conn, st byte, post *[]byte) bool {
 	ss.txStatus = st
-	if st == pgwire.TxIdle {
-		clear(ss.portals) // they end with the transaction
-	}
 	if st == pgwire.TxIdle && ss.schemaTx {
 		ss.schemaTx = false
 		ss.srv.schemaGen.Add(1)

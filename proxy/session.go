@@ -98,12 +98,7 @@ type session struct {
 	// DEALLOCATE that kproxy runs itself (see localDeallocate).
 	portalLocal     *localDeallocate // guarded by mu
 	portalLocalName string           // guarded by mu
-	// portals holds the named portals the server has confirmed (by
-	// BindComplete) in the current transaction, as of the answers read:
-	// a Bind kproxy refuses itself must refuse a portal name in use first,
-	// as Postgres does (42P03, verifyLocked).
-	portals    map[string]bool // guarded by mu
-	serverDone chan struct{}   // guarded by mu; closed when relayServer returns
+	serverDone      chan struct{}    // guarded by mu; closed when relayServer returns
 	// replies lists, in order, what the server owes for the messages sent
 	// to it and the responses kproxy must make up in between.
 	replies  []reply // guarded by mu

@@ -630,18 +630,19 @@ func normalizeBackend(msg pgproto3.BackendMessage) (string, bool) {
 	}
 }
 
-// A Bind into a portal that is still open fails with 42P03 before Postgres
-// looks at the statement; kproxy, which prepares an evicted statement
-// again and checks its shape first, must give the same error after the
-// statement's table changed (and 0A000 only for a new portal).
-func TestBindIntoAnOpenPortalOfAStatementPreparedAgain(t *testing.T) {
+// A Bind into a portal that is still open fails with 42P03, and one whose
+// parameter values do not decode with their error, before Postgres looks
+// at the statement; kproxy, which prepares an evicted statement again and
+// checks its shape first, must give the same errors after the statement's
+// table changed, and 0A000 only after them.
+func TestBindChecksComeBeforeTheSchemaCheckOfAStatementPreparedAgain(t *testing.T) {
 	txn := startProxy(t, func(c *config.Config) {
 		transactionMode(1)(c)
-		c.Pool.MaxPreparedStatements = 2 // so that the second and third Parse evict s
+		c.Pool.MaxPreparedStatements = 2 // so that the Parses in the transaction evict s and s2
 	})
 	sc := wireScript{steps: []wireStep{
 		wireSend(msgQuery("DROP TABLE IF EXISTS wire_portal_t; CREATE TABLE wire_portal_t (a int); INSERT INTO wire_portal_t VALUES (1), (2)")),
-		wireSend(msgParse("s", "SELECT * FROM wire_portal_t"), msgSync),
+		wireSend(msgParse("s", "SELECT * FROM wire_portal_t"), msgParse("s2", "SELECT * FROM wire_portal_t WHERE a = $1"), msgSync),
 		wireSend(msgQuery("ALTER TABLE wire_portal_t ADD COLUMN b int")),
 		wireSend(msgQuery("BEGIN")),
 		wireSend(msgParse("e1", "SELECT 1"), msgBind("q0", "e1"), msgExecute("q0", 0),
@@ -649,12 +650,41 @@ func TestBindIntoAnOpenPortalOfAStatementPreparedAgain(t *testing.T) {
 		wireSend(msgBind("q0", "s"), msgSync),
 		wireSend(msgQuery("ROLLBACK")),
 		wireSend(msgQuery("BEGIN")),
-		wireSend(msgBind("q1", "s"), msgSync),
+		wireSend(msgBind("q1", "s2", "not a number"), msgSync),
+		wireSend(msgQuery("ROLLBACK")),
+		wireSend(msgBind("", "s2", "1"), msgExecute("", 0), msgSync),
+		wireSend(msgQuery("BEGIN")),
+		wireSend(msgBind("q2", "s"), msgSync),
 		wireSend(msgQuery("ROLLBACK; DROP TABLE wire_portal_t")),
 	}}
 	want := sc.run(t, pgtest.Get().PrimaryAddr, nil)
-	for _, code := range []string{"42P03", "0A000"} {
+	for _, code := range []string{"42P03", "22P02", "0A000"} {
 		require.True(t, hasLineStarting(want, "ErrorResponse ERROR "+code), "Postgres' own answer has no %s:\n%s", code, strings.Join(want, "\n"))
 	}
+	assert.Equal(t, want, sc.run(t, txn.Addr, txn))
+}
+
+// Postgres describes a statement that returns no rows from what it stored
+// at its Parse, even after its table is gone. kproxy answers a Parse of a
+// text the pool knows without a server; a Describe of that statement must
+// not then ask a server, which no longer finds the table.
+func TestDescribeOfAStatementAcknowledgedWithoutAServerAfterItsTableWent(t *testing.T) {
+	txn := startProxy(t, func(c *config.Config) {
+		transactionMode(1)(c)
+		c.Pool.MaxPreparedStatements = 1 // so that the Parse of c evicts a's server statement
+	})
+	const update = "UPDATE wire_gone_t SET a = $1"
+	sc := wireScript{steps: []wireStep{
+		wireSend(msgQuery("DROP TABLE IF EXISTS wire_gone_t; CREATE TABLE wire_gone_t (a int)")),
+		wireSend(msgParse("a", update), msgDescribeStatement("a"), msgSync),
+		wireSend(msgParse("b", update), msgSync),
+		wireSend(msgParse("c", "SELECT 1"), msgSync),
+		wireSend(msgQuery("DROP TABLE wire_gone_t")),
+		wireSend(msgDescribeStatement("b"), msgSync),
+		wireSend(msgBind("", "b", "1"), msgExecute("", 0), msgSync),
+	}}
+	want := sc.run(t, pgtest.Get().PrimaryAddr, nil)
+	require.True(t, hasLineStarting(want, "NoData"), "Postgres' own answer has no NoData:\n%s", strings.Join(want, "\n"))
+	require.True(t, hasLineStarting(want, "ErrorResponse ERROR 42P01"), "Postgres' own answer has no 42P01:\n%s", strings.Join(want, "\n"))
 	assert.Equal(t, want, sc.run(t, txn.Addr, txn))
 }
