@@ -1183,9 +1183,12 @@ func (ss *session) shapedLocked(sc *pool.Conn, r *reply, t byte, msg []byte) {
 // looks at the schema, and their errors come first: for a Describe (bind
 // nil) it sends the parameter types; for a Bind it creates the portal
 // (42P03 when a named one is open) and decodes the parameters (22P02,
-// 22P03), which the server does now, by a Bind of the client's values to
-// the statement just prepared (it has the client's parameter types). It
-// unlocks mu while it waits.
+// 22P03). The server does these now, on a Bind of the client's values to
+// the statement just prepared (it has the client's parameter types) with
+// one byte too many, which it refuses with 08P01 once they passed, before
+// it plans (see probeBindFrame): that error becomes 0A000, and the portal
+// is left as Postgres leaves it, created but not defined. It unlocks mu
+// while it waits.
 func (ss *session) verifyLocked(sc *pool.Conn, cs *clientStmt, bind []byte) bool {
 	if !ss.awaitServerLocked(sc) {
 		return false
@@ -1198,17 +1201,24 @@ func (ss *session) verifyLocked(sc *pool.Conn, cs *clientStmt, bind []byte) bool
 	if cs.unnamed {
 		sc.SetUnnamedOwner(nil) // it fails again next time, as on Postgres
 	}
+	e := &Error{Severity: severityError, Code: "0A000", Message: "cached plan must not change result type"}
 	if bind != nil {
-		ss.toServer = probeBindFrame(ss.toServer, bind, server)
-		ss.replies = append(ss.replies, reply{kind: replySwallow, msg: 'B', probe: true})
-		if !ss.awaitServerLocked(sc) {
-			return false // the Bind's error is the client's
+		var exact bool
+		ss.toServer, exact = probeBindFrame(ss.toServer, bind, server)
+		r := reply{kind: replySwallow, msg: 'B', probe: true}
+		if exact {
+			r.frame = encodeError(nil, e)
 		}
+		ss.replies = append(ss.replies, r)
+		if !ss.awaitServerLocked(sc) {
+			return false // its error, or 0A000 in its place, is the client's
+		}
+		// The server took it: it cannot, with the byte too many.
 	}
 	if bind == nil {
 		ss.enqueueLocked(reply{kind: replyFrame, frame: paramDescFrame(cs.fixed)})
 	}
-	ss.failLocked(&Error{Severity: severityError, Code: "0A000", Message: "cached plan must not change result type"})
+	ss.failLocked(e)
 	return false
 }
 
@@ -1253,27 +1263,38 @@ func (ss *session) awaitServerLocked(sc *pool.Conn) bool {
 }
 
 // probeBindFrame appends to dst the client's Bind body with the statement
-// server and no result formats: the server checks the portal and decodes
-// the parameters as for the client's statement, and a column count that
-// changed with the schema cannot fail it.
-func probeBindFrame(dst, body []byte, server string) []byte {
+// server, no result formats (a column count that changed with the schema
+// cannot fail it) and a byte after the end. Postgres reads the whole
+// message, creating the portal and decoding the parameters on the way,
+// before it plans the statement, and refuses the extra byte at the end
+// (08P01, "invalid message format"). exact reports whether the client's
+// body ended where it should: only then is that error the sign that the
+// checks passed.
+func probeBindFrame(dst, body []byte, server string) (frame []byte, exact bool) {
 	_, start, end, ok := bindStatement(body)
 	if !ok {
-		return dst
+		return dst, false
 	}
-	i := end + 1
-	if len(body) < i+2 {
-		return replaceRange(dst, 'B', body, start, end, server)
+	n := bindValuesEnd(body, end+1)
+	if n < 0 {
+		return replaceRange(dst, 'B', body, start, end, server), false
 	}
-	i += 2 + 2*int(binary.BigEndian.Uint16(body[i:]))
-	if len(body) < i+2 {
-		return replaceRange(dst, 'B', body, start, end, server)
+	probe := make([]byte, 0, n+3)
+	probe = append(append(probe, body[:n]...), 0, 0, 0)
+	return replaceRange(dst, 'B', probe, start, end, server), int16sEnd(body, n) == len(body)
+}
+
+// bindValuesEnd returns where the parameter values of a Bind body end,
+// given where its parameter format codes start, or -1 if it is short.
+func bindValuesEnd(body []byte, i int) int {
+	if i = int16sEnd(body, i); i < 0 || len(body) < i+2 {
+		return -1
 	}
 	params := int(binary.BigEndian.Uint16(body[i:]))
 	i += 2
 	for range params {
 		if len(body) < i+4 {
-			return replaceRange(dst, 'B', body, start, end, server)
+			return -1
 		}
 		if n := int32(binary.BigEndian.Uint32(body[i:])); n > 0 {
 			i += int(n)
@@ -1281,11 +1302,21 @@ func probeBindFrame(dst, body []byte, server string) []byte {
 		i += 4
 	}
 	if i > len(body) {
-		return replaceRange(dst, 'B', body, start, end, server)
+		return -1
 	}
-	probe := make([]byte, 0, i+2)
-	probe = append(append(probe, body[:i]...), 0, 0)
-	return replaceRange(dst, 'B', probe, start, end, server)
+	return i
+}
+
+// int16sEnd returns where a count of int16s at body[i:], and they, end, or
+// -1 if body is short.
+func int16sEnd(body []byte, i int) int {
+	if len(body) < i+2 {
+		return -1
+	}
+	if i += 2 + 2*int(binary.BigEndian.Uint16(body[i:])); i > len(body) {
+		return -1
+	}
+	return i
 }
 
 // bindRefusedLocked reports whether Bind body of cs, named name by the
@@ -1766,6 +1797,10 @@ func (ss *session) relay(sc *pool.Conn, done chan struct{}, inline bool) {
 				switch {
 				case head.substitute:
 					msg = head.frame
+				case head.probe:
+					if head.frame != nil && errorCode(msg) == codeProtocolViolation && bytes.Contains(msg, []byte("Minvalid message format\x00")) {
+						msg = head.frame // the checks before the plan passed
+					}
 				case head.client != "" && head.stmt != "" && (head.msg == 'B' || head.msg == 'D'):
 					// Postgres names the statement in some errors: the
 					// client knows it by its own name.

@@ -655,6 +655,12 @@ func TestBindChecksComeBeforeTheSchemaCheckOfAStatementPreparedAgain(t *testing.
 		wireSend(msgBind("", "s2", "1"), msgExecute("", 0), msgSync),
 		wireSend(msgQuery("BEGIN")),
 		wireSend(msgBind("q2", "s"), msgSync),
+		// The failed Bind created its portal, which has no query.
+		wireSend(msgDescribePortal("q2"), msgSync),
+		wireSend(msgQuery("ROLLBACK")),
+		wireSend(msgQuery("BEGIN")),
+		wireSend(msgBind("", "s"), msgSync),
+		wireSend(msgDescribePortal(""), msgSync),
 		wireSend(msgQuery("ROLLBACK; DROP TABLE wire_portal_t")),
 	}}
 	want := sc.run(t, pgtest.Get().PrimaryAddr, nil)
