@@ -1133,12 +1133,15 @@ func (ss *session) shapedLocked(sc *pool.Conn, r *reply, t byte, msg []byte) {
 	case r.verify:
 		ok := shape == cs.shape
 		if !ok {
-			if cs.provisional && ss.srv.schemaGen.Load() == cs.ackGen {
+			if cs.provisional && ss.srv.schemaGen.Load() == cs.ackGen && !ss.dirtySettings && ss.settings["search_path"] == cs.path {
 				// No DDL went through kproxy since it acknowledged the
-				// client's Parse: the change came from elsewhere, and
-				// is taken to have come before that Parse, which takes
-				// the statement as the server now parses it. (After DDL
-				// through kproxy, the change came after it, and the
+				// client's Parse, and the client's search_path is the
+				// one it parsed under: the change came from elsewhere,
+				// and is taken to have come before that Parse, which
+				// takes the statement as the server now parses it.
+				// (After DDL through kproxy, the change came after it;
+				// under another search_path Postgres analyses the
+				// statement again, and finds it changed: either way the
 				// client gets 0A000 as from Postgres.)
 				held := ss.stmts[cs.client] == cs
 				if held {

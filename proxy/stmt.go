@@ -49,6 +49,7 @@ type clientStmt struct {
 	// kproxy's rewrite of the client's text (preparedview.go).
 	view *viewStmt
 	at   time.Time // when the client prepared it (a named one)
+	path string    // the client's search_path at its Parse (a named one)
 }
 
 // clientText returns the text of cs as the client sent it.
@@ -68,6 +69,7 @@ func newClientStmt(query []byte, paramTypes []byte, searchPath string) *clientSt
 		query: bytes.Clone(query),
 		types: bytes.Clone(paramTypes),
 		at:    time.Now(),
+		path:  searchPath,
 	}
 }
 

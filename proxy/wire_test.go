@@ -694,3 +694,29 @@ func TestDescribeOfAStatementAcknowledgedWithoutAServerAfterItsTableWent(t *test
 	require.True(t, hasLineStarting(want, "ErrorResponse ERROR 42P01"), "Postgres' own answer has no 42P01:\n%s", strings.Join(want, "\n"))
 	assert.Equal(t, want, sc.run(t, txn.Addr, txn))
 }
+
+// Postgres analyses a prepared statement again when the search_path
+// changed since its Parse, and refuses it (0A000) when it now means a table
+// of other columns. kproxy checks a statement it acknowledged itself, with
+// the shape the pool knew, on the server: under the new search_path that
+// check must fail the same way, not take the new shape as the statement's.
+func TestAStatementAcknowledgedWithoutAServerFailsUnderAnotherSearchPath(t *testing.T) {
+	txn := startProxy(t, func(c *config.Config) {
+		transactionMode(1)(c)
+		c.Pool.MaxPreparedStatements = 1 // so that the Parse of c evicts a's server statement
+	})
+	const sel = "SELECT * FROM wire_path_t"
+	sc := wireScript{steps: []wireStep{
+		wireSend(msgQuery("DROP SCHEMA IF EXISTS wire_path_s CASCADE; DROP TABLE IF EXISTS wire_path_t; " +
+			"CREATE SCHEMA wire_path_s; CREATE TABLE wire_path_s.wire_path_t (x text, y int); CREATE TABLE wire_path_t (a int)")),
+		wireSend(msgParse("a", sel), msgDescribeStatement("a"), msgSync),
+		wireSend(msgParse("b", sel), msgSync),
+		wireSend(msgParse("c", "SELECT 1"), msgSync),
+		wireSend(msgQuery("SET search_path = wire_path_s, public")),
+		wireSend(msgBind("", "b"), msgExecute("", 0), msgSync),
+		wireSend(msgQuery("RESET search_path; DROP SCHEMA wire_path_s CASCADE; DROP TABLE wire_path_t")),
+	}}
+	want := sc.run(t, pgtest.Get().PrimaryAddr, nil)
+	require.True(t, hasLineStarting(want, "ErrorResponse ERROR 0A000"), "Postgres' own answer has no 0A000:\n%s", strings.Join(want, "\n"))
+	assert.Equal(t, want, sc.run(t, txn.Addr, txn))
+}
