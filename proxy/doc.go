@@ -162,7 +162,11 @@
 // again on the connection) makes Postgres advance its command counter, so
 // the statements after it see the changes of a writing portal that was
 // stopped after some of its rows (Execute with a row limit of INSERT …
-// RETURNING) before Postgres would show them.
+// RETURNING) before Postgres would show them. The Parse also takes the
+// transaction's snapshot, if it has none yet: where kproxy prepares a
+// statement again to describe it, which Postgres' Describe does without
+// one, a later SET TRANSACTION ISOLATION LEVEL in that transaction is
+// refused (25001), as after a query.
 //
 // Its pg_prepared_statements counts no plans (generic_plans and
 // custom_plans are 0, result_types is null), and only a reference to the

@@ -378,6 +378,10 @@ type propClient struct {
 	// portalWrites: the portal was last bound to a statement with writes,
 	// as the client believes.
 	portalWrites map[string]bool
+	// described: the transaction block has sent a Describe of a
+	// statement, which kproxy may answer by preparing it again, taking the
+	// transaction's snapshot (see describes).
+	described bool
 }
 
 type propConn struct {
@@ -479,6 +483,7 @@ func (pc *propClient) play(b propBatch, i int) error {
 	last := answers[0][len(answers[0])-1]
 	pc.status = last[len(last)-1]
 	if pc.status == 'I' {
+		pc.described = false
 		pc.release()
 		if pc.check[0] != nil {
 			var rows [2]string
@@ -530,7 +535,11 @@ func (pc *propClient) next() propBatch {
 			if q.shared && !b.shared {
 				continue
 			}
-			b.msgs, b.rfqs = []pgproto3.FrontendMessage{&pgproto3.Query{String: q.sql(pc.c, r)}}, 1
+			sql := q.sql(pc.c, r)
+			if pc.described && !describes && strings.HasPrefix(sql, "BEGIN ISOLATION") {
+				continue
+			}
+			b.msgs, b.rfqs = []pgproto3.FrontendMessage{&pgproto3.Query{String: sql}}, 1
 			if strings.HasPrefix(b.msgs[0].(*pgproto3.Query).String, "DEALLOCATE ALL") || strings.HasPrefix(b.msgs[0].(*pgproto3.Query).String, "DISCARD") {
 				clear(pc.stmts)
 			}
@@ -550,6 +559,14 @@ func (pc *propClient) next() propBatch {
 // after it see the changes of a suspended portal that they would not see
 // yet on a direct connection (see "What it does not do" in doc.go).
 const suspends = false
+
+// describes says whether the generator may change the isolation level
+// (BEGIN ISOLATION LEVEL inside a block, which Postgres takes as SET
+// TRANSACTION) after a Describe of a statement in the same transaction. It
+// may not: where kproxy prepares the statement again to describe it, its
+// Parse takes the transaction's snapshot, which Postgres' Describe does not
+// (see "What it does not do" in doc.go), and the change is then refused.
+const describes = false
 
 // maxRows is the row limit of an Execute of portal.
 func (pc *propClient) maxRows(portal string, n uint32) uint32 {
@@ -611,6 +628,7 @@ func (pc *propClient) extended(b *propBatch) {
 		case k < 17: // Describe
 			if r.IntN(2) == 0 {
 				b.msgs = append(b.msgs, &pgproto3.Describe{ObjectType: 'S', Name: pc.name(b.shared, unnamedOK, true)})
+				pc.described = pc.described || pc.status == 'T'
 			} else {
 				b.msgs = append(b.msgs, &pgproto3.Describe{ObjectType: 'P', Name: []string{"", "q0", "q1"}[r.IntN(3)]})
 			}
