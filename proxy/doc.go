@@ -166,7 +166,12 @@
 // transaction's snapshot, if it has none yet: where kproxy prepares a
 // statement again to describe it, which Postgres' Describe does without
 // one, a later SET TRANSACTION ISOLATION LEVEL in that transaction is
-// refused (25001), as after a query.
+// refused (25001), as after a query. And a statement prepared again on
+// another connection is parsed anew under the client's search_path: when a
+// table has been created since, in a schema before that of the table the
+// statement read, with the same name, it now reads the new one (and fails
+// with 0A000 if its columns differ), where Postgres keeps the plan it made
+// until the old table changes.
 //
 // Its pg_prepared_statements counts no plans (generic_plans and
 // custom_plans are 0, result_types is null), and only a reference to the
