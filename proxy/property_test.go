@@ -142,7 +142,7 @@ func runProperty(t *testing.T, seed uint64, batches int, duration time.Duration)
 		go func() {
 			defer wg.Done()
 			pc := &propClient{c: c, rng: rand.New(rand.NewPCG(seed, uint64(c))), status: 'I',
-				stmts: map[string]propText{}, shared: &shared, portalWrites: map[string]bool{}}
+				stmts: map[string]propText{}, shared: &shared, portalWrites: map[string]bool{}, unsure: map[string]bool{}}
 			if err := pc.connect(p); err != nil {
 				errs <- err
 				failed.Store(true)
@@ -357,6 +357,7 @@ type propBatch struct {
 	msgs   []pgproto3.FrontendMessage
 	shared bool
 	rfqs   int
+	parsed []string // the statement names its Parses define
 }
 
 type propClient struct {
@@ -385,6 +386,10 @@ type propClient struct {
 	// portalWrites: the portal was last bound to a statement with writes,
 	// as the client believes.
 	portalWrites map[string]bool
+	// unsure holds the names whose last Parse was in a batch that failed
+	// somewhere: the server may have skipped it, and the name may still
+	// stand for an earlier text.
+	unsure map[string]bool
 	// described: the transaction block has sent a Describe of a
 	// statement, which kproxy may answer by preparing it again, taking the
 	// transaction's snapshot (see describes).
@@ -486,6 +491,17 @@ func (pc *propClient) play(b propBatch, i int) error {
 	pc.history = append(pc.history, fmt.Sprintf("batch %d:\n%s  answer:\n    %s", i, describeBatch(b), strings.Join(answers[0], "\n    ")))
 	if len(pc.history) > propHistory {
 		pc.history = pc.history[1:]
+	}
+	failed := false
+	for _, line := range answers[0] {
+		failed = failed || strings.HasPrefix(line, "ErrorResponse")
+	}
+	for _, n := range b.parsed {
+		if failed {
+			pc.unsure[n] = true
+		} else {
+			delete(pc.unsure, n)
+		}
 	}
 	last := answers[0][len(answers[0])-1]
 	pc.status = last[len(last)-1]
@@ -589,6 +605,7 @@ func (pc *propClient) extended(b *propBatch) {
 		// Replace the unnamed statement first, so that this private batch
 		// can use it.
 		b.msgs = append(b.msgs, pc.parse("", pc.text(false)))
+		b.parsed = append(b.parsed, "")
 		pc.unnamedShared = false
 	}
 	unnamedOK := b.shared || !pc.unnamedShared
@@ -605,6 +622,7 @@ func (pc *propClient) extended(b *propBatch) {
 				}
 			}
 			b.msgs = append(b.msgs, pc.parse(name, text))
+			b.parsed = append(b.parsed, name)
 		case k < 13: // Bind and Execute
 			name := pc.name(b.shared, unnamedOK, true)
 			text, known := pc.stmts[name]
@@ -616,7 +634,8 @@ func (pc *propClient) extended(b *propBatch) {
 				portal = fmt.Sprintf("q%d", r.IntN(2))
 			}
 			b.msgs = append(b.msgs, pc.bind(portal, name, text))
-			pc.portalWrites[portal] = text.writes
+			// A statement the client is not sure of may write.
+			pc.portalWrites[portal] = text.writes || !known || pc.unsure[name]
 			if r.IntN(10) < 8 {
 				b.msgs = append(b.msgs, &pgproto3.Execute{Portal: portal, MaxRows: pc.maxRows(portal, uint32(max(0, r.IntN(5)-2)))})
 			}
