@@ -350,7 +350,10 @@ func (ss *session) readsOwedRebindLocked(t byte, msg []byte) bool {
 		r := &ss.replies[i]
 		switch {
 		case name == "" && !all:
-			if r.setsUnnamed {
+			// The client's unnamed statement, or kproxy's Parse of it on
+			// the server (ensureUnnamedLocked), which the server skips if
+			// that batch fails.
+			if r.setsUnnamed || r.fromServer() && r.msg == 'P' && r.stmt == "" {
 				return true
 			}
 		case r.savedAll != nil:
