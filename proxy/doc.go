@@ -171,7 +171,10 @@
 // table has been created since, in a schema before that of the table the
 // statement read, with the same name, it now reads the new one (and fails
 // with 0A000 if its columns differ), where Postgres keeps the plan it made
-// until the old table changes.
+// until the old table changes. When kproxy's Parse of a statement it
+// prepares again for a Bind fails (its table went), the client gets that
+// error, where Postgres would first report parameter values that do not
+// decode (22P02, 22P03) or an open portal of that name (42P03).
 //
 // Its pg_prepared_statements counts no plans (generic_plans and
 // custom_plans are 0, result_types is null), and only a reference to the
