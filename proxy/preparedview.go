@@ -35,10 +35,10 @@ import (
 // statements changed since its last Bind (refreshViewLocked).
 
 // viewStmt is what a statement that reads pg_prepared_statements keeps of
-// the client's Parse: its text, and the search_path its key was made with.
+// the client's Parse: its text (the key's search_path is the statement's
+// path).
 type viewStmt struct {
 	text []byte
-	path string
 }
 
 // preparedRow is a row of pg_prepared_statements, by column name.
@@ -115,8 +115,8 @@ func rewritePreparedView(text, rows string) string {
 
 // readsPreparedViewLocked makes cs, whose text reads pg_prepared_statements,
 // one that kproxy rewrites (see above), and rewrites it.
-func (ss *session) readsPreparedViewLocked(cs *clientStmt, searchPath string) {
-	cs.view = &viewStmt{text: cs.query, path: searchPath}
+func (ss *session) readsPreparedViewLocked(cs *clientStmt) {
+	cs.view = &viewStmt{text: cs.query}
 	ss.refreshViewLocked(cs)
 }
 
@@ -133,14 +133,7 @@ func (ss *session) refreshViewLocked(cs *clientStmt) bool {
 	if cs.unnamed {
 		return true
 	}
-	held := cs.shape != 0 && ss.stmts[cs.client] == cs
-	if held {
-		ss.pool.UnrefStmt(cs.id())
-	}
-	cs.key = pool.StmtKey(q, cs.types, cs.view.path)
-	if held {
-		ss.pool.RefStmt(cs.id())
-	}
+	ss.reidentifyLocked(cs, func() { cs.key = pool.StmtKey(q, cs.types, cs.path) })
 	cs.sc, cs.name = nil, ""
 	return true
 }

@@ -710,7 +710,7 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 			}
 			sc.SetUnnamedOwner(u)
 			if scan.PreparedStatementsView {
-				ss.readsPreparedViewLocked(u, "")
+				ss.readsPreparedViewLocked(u)
 				msg = parseFrame(nil, "", u.query, types)
 			}
 			ss.send(msg, r)
@@ -734,7 +734,7 @@ func (ss *session) planLocked(sc *pool.Conn, t byte, msg []byte) error {
 		cs.client = n
 		ss.stmts[n] = cs
 		if scan.PreparedStatementsView {
-			ss.readsPreparedViewLocked(cs, ss.settings["search_path"])
+			ss.readsPreparedViewLocked(cs)
 		}
 		if cs.local = ss.localDeallocateLocked(scan); cs.local != nil {
 			ss.enqueueLocked(reply{kind: replyParseComplete, client: n})
@@ -1146,14 +1146,9 @@ func (ss *session) shapedLocked(sc *pool.Conn, r *reply, t byte, msg []byte) {
 				// under another search_path Postgres analyses the
 				// statement again, and finds it changed: either way the
 				// client gets 0A000 as from Postgres.)
-				held := ss.stmts[cs.client] == cs
-				if held {
-					ss.pool.UnrefStmt(cs.id())
-				}
-				cs.shape, cs.rows, cs.fixed = shape, rows != nil, bytes.Clone(ss.descParams)
-				if held {
-					ss.pool.RefStmt(cs.id())
-				}
+				ss.reidentifyLocked(cs, func() {
+					cs.shape, cs.rows, cs.fixed = shape, rows != nil, bytes.Clone(ss.descParams)
+				})
 				ok = true
 			}
 			ss.srv.schemaGen.Add(1) // what the pool knows of texts is stale
@@ -1177,6 +1172,20 @@ func (ss *session) shapedLocked(sc *pool.Conn, r *reply, t byte, msg []byte) {
 	}
 	if !cs.unnamed && r.stmt != "" && (!r.verify || ss.verifyOK) {
 		ss.pool.AddKnownStmt(cs.key, pool.KnownShape{Gen: r.gen, Shape: shape, Fixed: cs.fixed, Rows: rows != nil})
+	}
+}
+
+// reidentifyLocked runs change, which changes the key or shape of client
+// statement cs, moving the pool's reference to cs's statements, if the
+// client holds cs, from its old identity to its new one.
+func (ss *session) reidentifyLocked(cs *clientStmt, change func()) {
+	held := cs.shape != 0 && ss.stmts[cs.client] == cs
+	if held {
+		ss.pool.UnrefStmt(cs.id())
+	}
+	change()
+	if held {
+		ss.pool.RefStmt(cs.id())
 	}
 }
 

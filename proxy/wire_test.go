@@ -636,11 +636,8 @@ func normalizeBackend(msg pgproto3.BackendMessage) (string, bool) {
 // checks its shape first, must give the same errors after the statement's
 // table changed, and 0A000 only after them.
 func TestBindChecksComeBeforeTheSchemaCheckOfAStatementPreparedAgain(t *testing.T) {
-	txn := startProxy(t, func(c *config.Config) {
-		transactionMode(1)(c)
-		c.Pool.MaxPreparedStatements = 2 // so that the Parses in the transaction evict s and s2
-	})
-	sc := wireScript{steps: []wireStep{
+	// At most 2 statements: the Parses in the transaction evict s and s2.
+	runOnSmallPool(t, 2, wireScript{steps: []wireStep{
 		wireSend(msgQuery("DROP TABLE IF EXISTS wire_portal_t; CREATE TABLE wire_portal_t (a int); INSERT INTO wire_portal_t VALUES (1), (2)")),
 		wireSend(msgParse("s", "SELECT * FROM wire_portal_t"), msgParse("s2", "SELECT * FROM wire_portal_t WHERE a = $1"), msgSync),
 		wireSend(msgQuery("ALTER TABLE wire_portal_t ADD COLUMN b int")),
@@ -662,12 +659,7 @@ func TestBindChecksComeBeforeTheSchemaCheckOfAStatementPreparedAgain(t *testing.
 		wireSend(msgBind("", "s"), msgSync),
 		wireSend(msgDescribePortal(""), msgSync),
 		wireSend(msgQuery("ROLLBACK; DROP TABLE wire_portal_t")),
-	}}
-	want := sc.run(t, pgtest.Get().PrimaryAddr, nil)
-	for _, code := range []string{"42P03", "22P02", "0A000"} {
-		require.True(t, hasLineStarting(want, "ErrorResponse ERROR "+code), "Postgres' own answer has no %s:\n%s", code, strings.Join(want, "\n"))
-	}
-	assert.Equal(t, want, sc.run(t, txn.Addr, txn))
+	}}, "ErrorResponse ERROR 42P03", "ErrorResponse ERROR 22P02", "ErrorResponse ERROR 0A000")
 }
 
 // Postgres describes a statement that returns no rows from what it stored
@@ -675,12 +667,9 @@ func TestBindChecksComeBeforeTheSchemaCheckOfAStatementPreparedAgain(t *testing.
 // text the pool knows without a server; a Describe of that statement must
 // not then ask a server, which no longer finds the table.
 func TestDescribeOfAStatementAcknowledgedWithoutAServerAfterItsTableWent(t *testing.T) {
-	txn := startProxy(t, func(c *config.Config) {
-		transactionMode(1)(c)
-		c.Pool.MaxPreparedStatements = 1 // so that the Parse of c evicts a's server statement
-	})
 	const update = "UPDATE wire_gone_t SET a = $1"
-	sc := wireScript{steps: []wireStep{
+	// At most 1 statement: the Parse of c evicts a's server statement.
+	runOnSmallPool(t, 1, wireScript{steps: []wireStep{
 		wireSend(msgQuery("DROP TABLE IF EXISTS wire_gone_t; CREATE TABLE wire_gone_t (a int)")),
 		wireSend(msgParse("a", update), msgDescribeStatement("a"), msgSync),
 		wireSend(msgParse("b", update), msgSync),
@@ -688,11 +677,7 @@ func TestDescribeOfAStatementAcknowledgedWithoutAServerAfterItsTableWent(t *test
 		wireSend(msgQuery("DROP TABLE wire_gone_t")),
 		wireSend(msgDescribeStatement("b"), msgSync),
 		wireSend(msgBind("", "b", "1"), msgExecute("", 0), msgSync),
-	}}
-	want := sc.run(t, pgtest.Get().PrimaryAddr, nil)
-	require.True(t, hasLineStarting(want, "NoData"), "Postgres' own answer has no NoData:\n%s", strings.Join(want, "\n"))
-	require.True(t, hasLineStarting(want, "ErrorResponse ERROR 42P01"), "Postgres' own answer has no 42P01:\n%s", strings.Join(want, "\n"))
-	assert.Equal(t, want, sc.run(t, txn.Addr, txn))
+	}}, "NoData", "ErrorResponse ERROR 42P01")
 }
 
 // Postgres analyses a prepared statement again when the search_path
@@ -701,12 +686,9 @@ func TestDescribeOfAStatementAcknowledgedWithoutAServerAfterItsTableWent(t *test
 // the shape the pool knew, on the server: under the new search_path that
 // check must fail the same way, not take the new shape as the statement's.
 func TestAStatementAcknowledgedWithoutAServerFailsUnderAnotherSearchPath(t *testing.T) {
-	txn := startProxy(t, func(c *config.Config) {
-		transactionMode(1)(c)
-		c.Pool.MaxPreparedStatements = 1 // so that the Parse of c evicts a's server statement
-	})
 	const sel = "SELECT * FROM wire_path_t"
-	sc := wireScript{steps: []wireStep{
+	// At most 1 statement: the Parse of c evicts a's server statement.
+	runOnSmallPool(t, 1, wireScript{steps: []wireStep{
 		wireSend(msgQuery("DROP SCHEMA IF EXISTS wire_path_s CASCADE; DROP TABLE IF EXISTS wire_path_t; " +
 			"CREATE SCHEMA wire_path_s; CREATE TABLE wire_path_s.wire_path_t (x text, y int); CREATE TABLE wire_path_t (a int)")),
 		wireSend(msgParse("a", sel), msgDescribeStatement("a"), msgSync),
@@ -715,8 +697,22 @@ func TestAStatementAcknowledgedWithoutAServerFailsUnderAnotherSearchPath(t *test
 		wireSend(msgQuery("SET search_path = wire_path_s, public")),
 		wireSend(msgBind("", "b"), msgExecute("", 0), msgSync),
 		wireSend(msgQuery("RESET search_path; DROP SCHEMA wire_path_s CASCADE; DROP TABLE wire_path_t")),
-	}}
+	}}, "ErrorResponse ERROR 0A000")
+}
+
+// runOnSmallPool plays sc directly and through a transaction-mode kproxy
+// with one server connection that keeps at most limit statements, after
+// checking that Postgres' own answer has a line starting with each of
+// shows, and requires the two answers to be the same.
+func runOnSmallPool(t *testing.T, limit int, sc wireScript, shows ...string) {
+	t.Helper()
+	txn := startProxy(t, func(c *config.Config) {
+		transactionMode(1)(c)
+		c.Pool.MaxPreparedStatements = limit
+	})
 	want := sc.run(t, pgtest.Get().PrimaryAddr, nil)
-	require.True(t, hasLineStarting(want, "ErrorResponse ERROR 0A000"), "Postgres' own answer has no 0A000:\n%s", strings.Join(want, "\n"))
+	for _, line := range shows {
+		require.True(t, hasLineStarting(want, line), "Postgres' own answer has no %s:\n%s", line, strings.Join(want, "\n"))
+	}
 	assert.Equal(t, want, sc.run(t, txn.Addr, txn))
 }
