@@ -59,10 +59,10 @@ type reply struct {
 	setsUnnamed bool
 	prevUnnamed *clientStmt
 	dropsAll    bool // a Query with DEALLOCATE ALL or DISCARD ALL
-	// probe: a Bind kproxy sends to have the server make the checks Postgres
-	// makes before it looks at the schema (verifyLocked).
-	probe  bool
-	failed bool // an ErrorResponse arrived for it
+	// scratch: a message of kproxy's check of a Bind's values on its own
+	// statement (checkValuesLocked).
+	scratch bool
+	failed  bool // an ErrorResponse arrived for it
 }
 
 func (r *reply) fromServer() bool { return r.kind <= replySwallow }
@@ -353,7 +353,7 @@ func (ss *session) readsOwedRebindLocked(t byte, msg []byte) bool {
 			// The client's unnamed statement, or kproxy's Parse of it on
 			// the server (ensureUnnamedLocked), which the server skips if
 			// that batch fails.
-			if r.setsUnnamed || r.fromServer() && r.msg == 'P' && r.stmt == "" {
+			if r.setsUnnamed || r.fromServer() && r.msg == 'P' && r.stmt == "" && !r.scratch {
 				return true
 			}
 		case r.savedAll != nil:
@@ -1000,6 +1000,7 @@ func (ss *session) ensureUnnamedLocked(sc *pool.Conn, bind []byte) bool {
 	if ss.bindRefusedLocked(bind, u, "") {
 		return false
 	}
+	portal := ss.checkValuesLocked(bind, u)
 	r := reply{kind: replySwallow, msg: 'P'}
 	if bind == nil && u.rows && u.shape != 0 {
 		r.errPrefix = paramDescFrame(u.fixed)
@@ -1012,7 +1013,11 @@ func (ss *session) ensureUnnamedLocked(sc *pool.Conn, bind []byte) bool {
 	}
 	ss.toServer = describeStmtFrame(ss.toServer, "")
 	ss.replies = append(ss.replies, reply{kind: replySwallow, msg: 'D', cs: u, verify: true})
-	return ss.verifyLocked(sc, u, bind)
+	if !ss.verifyLocked(sc, u, bind) {
+		return false
+	}
+	ss.closePortalLocked(portal)
+	return true
 }
 
 // describeFromCacheLocked answers a Describe of client statement cs,
@@ -1086,6 +1091,7 @@ func (ss *session) serverStmtLocked(sc *pool.Conn, name string, bind []byte) (se
 		if ss.bindRefusedLocked(bind, cs, name) {
 			return "", false
 		}
+		portal := ss.checkValuesLocked(bind, cs)
 		r := reply{kind: replySwallow, msg: 'P'}
 		if bind == nil && cs.rows {
 			r.errPrefix = paramDescFrame(cs.fixed)
@@ -1094,6 +1100,7 @@ func (ss *session) serverStmtLocked(sc *pool.Conn, name string, bind []byte) (se
 		if verifyShapes && !ss.verifyLocked(sc, cs, bind) {
 			return "", false
 		}
+		ss.closePortalLocked(portal)
 		return cs.name, true
 	}
 	// Its shape is unknown (the Describe after its Parse failed): prepare
@@ -1196,14 +1203,9 @@ func (ss *session) reidentifyLocked(cs *clientStmt, change func()) {
 // this point, as from Postgres, and the server fails the rest of the batch
 // too, so that nothing of it runs. Postgres makes some checks before it
 // looks at the schema, and their errors come first: for a Describe (bind
-// nil) it sends the parameter types; for a Bind it creates the portal
-// (42P03 when a named one is open) and decodes the parameters (22P02,
-// 22P03). The server does these now, on a Bind of the client's values to
-// the statement just prepared (it has the client's parameter types) with
-// one byte too many, which it refuses with 08P01 once they passed, before
-// it plans (see probeBindFrame): that error becomes 0A000, and the portal
-// is left as Postgres leaves it, created but not defined. It unlocks mu
-// while it waits.
+// nil) it sends the parameter types; for a Bind the server made them
+// before the Parse (checkValuesLocked), and left the portal as Postgres
+// leaves it then, created but not defined. It unlocks mu while it waits.
 func (ss *session) verifyLocked(sc *pool.Conn, cs *clientStmt, bind []byte) bool {
 	if !ss.awaitServerLocked(sc) {
 		return false
@@ -1211,35 +1213,20 @@ func (ss *session) verifyLocked(sc *pool.Conn, cs *clientStmt, bind []byte) bool
 	if ss.verifyOK {
 		return true
 	}
-	server := cs.name // the statement just prepared has the new shape: not the client's
-	cs.sc, cs.name = nil, ""
+	cs.sc, cs.name = nil, "" // the statement just prepared has the new shape: not the client's
 	if cs.unnamed {
 		sc.SetUnnamedOwner(nil) // it fails again next time, as on Postgres
-	}
-	e := &Error{Severity: severityError, Code: "0A000", Message: "cached plan must not change result type"}
-	if bind != nil {
-		var exact bool
-		ss.toServer, exact = probeBindFrame(ss.toServer, bind, server)
-		r := reply{kind: replySwallow, msg: 'B', probe: true}
-		if exact {
-			r.frame = encodeError(nil, e)
-		}
-		ss.replies = append(ss.replies, r)
-		if !ss.awaitServerLocked(sc) {
-			return false // its error, or 0A000 in its place, is the client's
-		}
-		// The server took it: it cannot, with the byte too many.
 	}
 	if bind == nil {
 		ss.enqueueLocked(reply{kind: replyFrame, frame: paramDescFrame(cs.fixed)})
 	}
-	ss.failLocked(e)
+	ss.failLocked(&Error{Severity: severityError, Code: "0A000", Message: "cached plan must not change result type"})
 	return false
 }
 
 // awaitServerLocked sends what the batch holds so far, with a Flush, and
 // waits until the answer to the last queued message that verifyWait waits
-// for (a Describe that checks a shape, a probing Bind) has been read. It
+// for (a Describe that checks a shape) has been read. It
 // reports false when the connection failed or the server refused a
 // message, whose error is then the client's. It unlocks mu while it waits.
 func (ss *session) awaitServerLocked(sc *pool.Conn) bool {
@@ -1277,26 +1264,72 @@ func (ss *session) awaitServerLocked(sc *pool.Conn) bool {
 	return true
 }
 
-// probeBindFrame appends to dst the client's Bind body with the statement
-// server, no result formats (a column count that changed with the schema
-// cannot fail it) and a byte after the end. Postgres reads the whole
-// message, creating the portal and decoding the parameters on the way,
-// before it plans the statement, and refuses the extra byte at the end
-// (08P01, "invalid message format"). exact reports whether the client's
-// body ended where it should: only then is that error the sign that the
-// checks passed.
-func probeBindFrame(dst, body []byte, server string) (frame []byte, exact bool) {
+// scratchStmt names the statement checkValuesLocked prepares: no
+// statement of the pool's has this name (see pool.Conn.NewStmt).
+const scratchStmt = "kpc_values"
+
+// checkValuesLocked queues, before kproxy prepares client statement cs
+// again on a server connection for Bind body, the checks Postgres makes at
+// that Bind before it plans the statement, and so before it finds the
+// schema changed under it (an error of kproxy's Parse, or 0A000): it
+// creates the portal (42P03 when a named one is open), decodes the values
+// (22P02, 22P03, 22003, 08P01) and reads the message to its end. The server
+// makes them on a Bind of the client's values, to the client's portal, of
+// a statement that takes the parameter types of cs and is empty, so that
+// its portal, like one whose statement failed to plan, describes as
+// NoData, with no result formats (a column count is checked once the
+// statement is planned). Its errors are the client's. It returns the name
+// of the named portal that Bind creates, which the caller closes before the
+// client's Bind (closePortalLocked) once the statement is prepared; if the
+// Parse fails the portal stays, as Postgres leaves it, created but not
+// defined.
+//
+// In a failed transaction it does nothing: Postgres refuses the Bind
+// first (25P02), as the server then refuses kproxy's Parse, unless the
+// statement ends the transaction, which an empty one does not.
+func (ss *session) checkValuesLocked(body []byte, cs *clientStmt) (portal string) {
+	if body == nil || len(cs.fixed) < 2 || ss.txStatus == 'E' {
+		return ""
+	}
 	_, start, end, ok := bindStatement(body)
 	if !ok {
-		return dst, false
+		return ""
 	}
-	n := bindValuesEnd(body, end+1)
-	if n < 0 {
-		return replaceRange(dst, 'B', body, start, end, server), false
+	r := reply{kind: replySwallow, msg: 'C', scratch: true}
+	ss.toServer = closeStmtFrame(ss.toServer, scratchStmt) // left by a check that failed
+	ss.replies = append(ss.replies, r)
+	r.msg = 'P'
+	ss.toServer = parseFrame(ss.toServer, scratchStmt, nil, cs.fixed)
+	ss.replies = append(ss.replies, r)
+	probe := make([]byte, 0, len(body)+len(scratchStmt))
+	probe = append(append(probe, body[:start]...), scratchStmt...)
+	values, formats := bindValuesEnd(body, end+1), -1
+	if values >= 0 {
+		formats = int16sEnd(body, values)
 	}
-	probe := make([]byte, 0, n+3)
-	probe = append(append(probe, body[:n]...), 0, 0, 0)
-	return replaceRange(dst, 'B', probe, start, end, server), int16sEnd(body, n) == len(body)
+	if formats >= 0 {
+		probe = append(append(append(probe, body[end:values]...), 0, 0), body[formats:]...)
+	} else {
+		probe = append(probe, body[end:]...) // short: the server says where
+	}
+	r.msg = 'B'
+	ss.toServer = append(binary.BigEndian.AppendUint32(append(ss.toServer, 'B'), uint32(4+len(probe))), probe...)
+	ss.replies = append(ss.replies, r)
+	r.msg = 'C'
+	ss.toServer = closeStmtFrame(ss.toServer, scratchStmt)
+	ss.replies = append(ss.replies, r)
+	return string(body[:start-1])
+}
+
+// closePortalLocked queues a Close of the named portal (none: "") that
+// checkValuesLocked created.
+func (ss *session) closePortalLocked(portal string) {
+	if portal == "" {
+		return
+	}
+	ss.toServer = append(binary.BigEndian.AppendUint32(append(ss.toServer, 'C'), uint32(4+1+len(portal)+1)), 'P')
+	ss.toServer = append(append(ss.toServer, portal...), 0)
+	ss.replies = append(ss.replies, reply{kind: replySwallow, msg: 'C', scratch: true})
 }
 
 // bindValuesEnd returns where the parameter values of a Bind body end,
@@ -1604,6 +1637,8 @@ func (ss *session) undoLocked(sc *pool.Conn, r *reply, later []reply) {
 		ss.rebaseUnnamedLocked(later, prev)
 	}
 	switch {
+	case r.scratch:
+		// kproxy's own: nothing of the client's or the pool's.
 	case (r.kind == replyCloseComplete || r.kind == replyFrame) && r.saved != nil:
 		ss.rebaseStmtLocked(later, r.client, r.saved)
 	case r.savedAll != nil && !r.failed:
@@ -1627,7 +1662,7 @@ func (ss *session) undoLocked(sc *pool.Conn, r *reply, later []reply) {
 		if r.kind == replyForward && r.client != "" {
 			ss.rebaseStmtLocked(later, r.client, nil)
 		}
-	case r.fromServer() && (r.msg == 'D' && r.verify || r.probe):
+	case r.fromServer() && r.msg == 'D' && r.verify:
 		ss.verifyWait = false
 		ss.changed.Broadcast()
 	case r.kind == replySwallow && r.msg == 'C' && r.stmt != "":
@@ -1812,10 +1847,6 @@ func (ss *session) relay(sc *pool.Conn, done chan struct{}, inline bool) {
 				switch {
 				case head.substitute:
 					msg = head.frame
-				case head.probe:
-					if head.frame != nil && errorCode(msg) == codeProtocolViolation && bytes.Contains(msg, []byte("Minvalid message format\x00")) {
-						msg = head.frame // the checks before the plan passed
-					}
 				case head.client != "" && head.stmt != "" && (head.msg == 'B' || head.msg == 'D'):
 					// Postgres names the statement in some errors: the
 					// client knows it by its own name.
@@ -1830,10 +1861,6 @@ func (ss *session) relay(sc *pool.Conn, done chan struct{}, inline bool) {
 				forward = forward && head.kind == replyForward
 				if t == '1' && head.stmt != "" {
 					sc.StmtReady(head.stmt)
-				}
-				if head.probe {
-					ss.verifyWait = false
-					ss.changed.Broadcast()
 				}
 				if head.msg == 'D' && head.cs != nil {
 					ss.shapedLocked(sc, head, t, msg)

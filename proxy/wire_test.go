@@ -662,6 +662,39 @@ func TestBindChecksComeBeforeTheSchemaCheckOfAStatementPreparedAgain(t *testing.
 	}}, "ErrorResponse ERROR 42P03", "ErrorResponse ERROR 22P02", "ErrorResponse ERROR 0A000")
 }
 
+// Postgres decodes a Bind's values, and creates its portal, before it
+// plans the statement and finds its table gone. kproxy, which prepares an
+// evicted statement again, must give those errors first too, not its
+// Parse's 42P01.
+func TestBindChecksComeBeforeTheParseOfAStatementWhoseTableWent(t *testing.T) {
+	binary := func(value ...byte) *pgproto3.Bind {
+		return &pgproto3.Bind{PreparedStatement: "s", ParameterFormatCodes: []int16{1}, Parameters: [][]byte{value}}
+	}
+	// At most 1 statement: the Parse of c evicts s's server statement.
+	runOnSmallPool(t, 1, wireScript{steps: []wireStep{
+		wireSend(msgQuery("DROP TABLE IF EXISTS wire_went_t; CREATE TABLE wire_went_t (a int)")),
+		wireSend(msgParse("s", "SELECT * FROM wire_went_t WHERE a = $1"), msgDescribeStatement("s"), msgSync),
+		wireSend(msgParse("c", "SELECT 1"), msgSync),
+		wireSend(msgQuery("DROP TABLE wire_went_t")),
+		wireSend(msgBind("", "s", "p5"), msgExecute("", 0), msgSync),
+		wireSend(msgBind("", "s", "99999999999"), msgExecute("", 0), msgSync),
+		wireSend(binary(0, 0, 0, 0, 0, 0, 0, 1), msgExecute("", 0), msgSync),
+		wireSend(binary(0, 1), msgExecute("", 0), msgSync),
+		wireSend(msgQuery("BEGIN")),
+		wireSend(msgBind("q0", "c"), msgSync),
+		wireSend(msgBind("q0", "s", "1"), msgSync),
+		wireSend(msgQuery("ROLLBACK")),
+		wireSend(msgQuery("BEGIN")),
+		wireSend(msgBind("q1", "s", "1"), msgSync),
+		// The failed Bind created its portal, which has no query.
+		wireSend(msgDescribePortal("q1"), msgSync),
+		wireSend(msgQuery("ROLLBACK")),
+		wireSend(msgBind("q2", "s", "1"), msgExecute("q2", 0), msgSync),
+		wireSend(msgBind("", "s", "1"), msgExecute("", 0), msgSync),
+	}}, "ErrorResponse ERROR 22P02", "ErrorResponse ERROR 22003", "ErrorResponse ERROR 22P03", "ErrorResponse ERROR 08P01",
+		"ErrorResponse ERROR 42P03", "ErrorResponse ERROR 42P01", "NoData")
+}
+
 // Postgres describes a statement that returns no rows from what it stored
 // at its Parse, even after its table is gone. kproxy answers a Parse of a
 // text the pool knows without a server; a Describe of that statement must
