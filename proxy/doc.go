@@ -80,9 +80,11 @@
 // statement again: the statement's existence (26000) and the parameter
 // counts (08P01), which kproxy checks, a failed transaction (25P02), where
 // the server refuses the Parse, and a named portal still open (42P03) or
-// parameter values that do not decode (22P02, 22P03), which the server
-// finds when kproxy binds the client's values to the statement it just
-// prepared (same parameter types) before it reports 0A000.
+// parameter values that do not decode (22P02, 22P03, 22003), which the
+// server finds before kproxy's Parse, when kproxy binds the client's
+// values into the client's portal on an empty statement of the same
+// parameter types. So they come before 0A000 and before the Parse's own
+// error (42P01 when the statement's table went), as on Postgres.
 //
 // No session state crosses clients. Settings and pins are read back from
 // the server at the safe point, after a transaction that may have changed
@@ -171,10 +173,7 @@
 // table has been created since, in a schema before that of the table the
 // statement read, with the same name, it now reads the new one (and fails
 // with 0A000 if its columns differ), where Postgres keeps the plan it made
-// until the old table changes. When kproxy's Parse of a statement it
-// prepares again for a Bind fails (its table went), the client gets that
-// error, where Postgres would first report parameter values that do not
-// decode (22P02, 22P03) or an open portal of that name (42P03).
+// until the old table changes.
 //
 // Its pg_prepared_statements counts no plans (generic_plans and
 // custom_plans are 0, result_types is null), and only a reference to the
