@@ -151,7 +151,10 @@
 // point until the server has taken the forwarded request (bounded by the
 // cancel's 5 s timeout): a cancel that comes after the answer finds the
 // backend idle, which ignores it, so another client's statement on the same
-// server connection is never cancelled.
+// server connection is never cancelled. A cancel that comes while the
+// client's statement waits for a server connection ends the wait: the
+// statement fails with 57014, as a cancelled one does, and nothing of it
+// runs.
 //
 // # What it does not do
 //

@@ -53,6 +53,11 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
+// errCancelledWaiting fails a statement whose client sent a cancel request
+// while it waited for a server connection: the error Postgres gives a
+// cancelled statement.
+var errCancelledWaiting = &Error{Severity: severityError, Code: codeQueryCanceled, Message: "canceling statement due to user request"}
+
 func fatalf(code, format string, args ...any) *Error {
 	return &Error{Severity: severityFatal, Code: code, Message: fmt.Sprintf(format, args...)}
 }

@@ -422,7 +422,7 @@ func (ss *session) dispatchLocked(t byte, msg []byte, flush bool) bool {
 		target, err := ss.srv.cluster.Route(ss.database, ss.user, readOnly, minLSN)
 		if err == nil {
 			sc, err = ss.acquire(target.Pool)
-			if err != nil && target.Replica() {
+			if err != nil && target.Replica() && err != errCancelledWaiting {
 				// The replica is down or busy: read on the primary. Only a
 				// failure to connect counts against the replica's health.
 				failed := err
@@ -435,6 +435,8 @@ func (ss *session) dispatchLocked(t byte, msg []byte, flush bool) bool {
 				if err == nil {
 					sc, err = ss.acquire(target.Pool)
 				}
+			} else if err == errCancelledWaiting {
+				target.Done(ss.srv.cluster, nil) // not the server's failure
 			} else if err != nil {
 				target.Done(ss.srv.cluster, err)
 			} else if !ss.replayed(target, sc) {
@@ -2178,7 +2180,9 @@ func (ss *session) endPinLocked() {
 // attachFailed reports a failure to get a server connection the way
 // Postgres reports an error at that point of the protocol.
 func (ss *session) attachFailed(t byte, err error) bool {
-	ss.logger().Info("no server connection for client", zap.Error(err))
+	if err != errCancelledWaiting {
+		ss.logger().Info("no server connection for client", zap.Error(err))
+	}
 	buf := encodeError(nil, err)
 	ss.mu.Lock()
 	switch t {

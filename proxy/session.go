@@ -152,6 +152,13 @@ type session struct {
 	// the connection is not released before they are done.
 	cancelling int  // guarded by mu
 	closed     bool // guarded by mu
+	// acquiring is set while the client goroutine waits for a server
+	// connection, for acquireCtx, which a cancel request ends with
+	// errCancelledWaiting (acquireStop). It is made on first use and again
+	// after a cancel ended it.
+	acquiring   bool                    // guarded by mu
+	acquireCtx  context.Context         // guarded by mu
+	acquireStop context.CancelCauseFunc // guarded by mu
 
 	// A transaction on a replica is replayable until something of its
 	// answer reaches the client: replayLog keeps its client messages, and
@@ -334,14 +341,29 @@ func secretBytes(s uint32) []byte {
 
 // acquire takes a server connection from p and applies the client's
 // settings to it.
+//
+// A cancel request that comes while it waits for the pool ends the wait
+// with errCancelledWaiting: the client's statement has not begun, so it
+// fails as a cancelled one does and nothing of it runs.
 func (ss *session) acquire(p *pool.Pool) (*pool.Conn, error) {
 	ss.mu.Lock()
 	settings, key := ss.settings, ss.settingsKey
+	if ss.acquireCtx == nil || ss.acquireCtx.Err() != nil {
+		ss.acquireCtx, ss.acquireStop = context.WithCancelCause(context.Background())
+	}
+	ctx := ss.acquireCtx
+	ss.acquiring = true
 	ss.mu.Unlock()
 	// The pool bounds the wait (acquire_timeout) and the connect
 	// (connect_timeout) itself.
-	sc, err := p.AcquirePreferring(context.Background(), key)
+	sc, err := p.AcquirePreferring(ctx, key)
+	ss.mu.Lock()
+	ss.acquiring = false
+	ss.mu.Unlock()
 	if err != nil {
+		if cause := context.Cause(ctx); cause == errCancelledWaiting {
+			return nil, cause
+		}
 		return nil, err
 	}
 	reset := sc.NeedsReset(ss)
@@ -389,7 +411,8 @@ func (ss *session) startRelay(sc *pool.Conn, done chan struct{}) {
 }
 
 // cancelRunning forwards a cancel request to the server connection if the
-// client is waiting for an answer on it. Until the server has taken the
+// client is waiting for an answer on it, or ends the client's wait for a
+// server connection (see acquire). Until the server has taken the
 // request, the connection stays with the client (see readyForQueryLocked):
 // a cancel that arrived after the answer then finds the backend idle, which
 // ignores it, and never a statement of the next client.
@@ -397,6 +420,9 @@ func (ss *session) cancelRunning(ctx context.Context) error {
 	ss.mu.Lock()
 	sc := ss.server
 	busy := len(ss.replies) > 0 || ss.inBatch
+	if sc == nil && ss.acquiring {
+		ss.acquireStop(errCancelledWaiting)
+	}
 	if sc == nil || !busy {
 		ss.mu.Unlock()
 		return nil
