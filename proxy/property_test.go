@@ -125,6 +125,10 @@ func runProperty(t *testing.T, seed uint64, batches int, duration time.Duration)
 	p := startProxy(t, func(c *config.Config) {
 		transactionMode(propServerConns)(c)
 		c.Pool.MaxPreparedStatements = 12 // so that statements are evicted and prepared again
+		// A long run on a loaded machine may wait for a new server
+		// connection longer than the default: that is not a mismatch.
+		c.Pool.ConnectTimeout = 30 * time.Second
+		c.Pool.AcquireTimeout = 60 * time.Second
 	})
 
 	var (
