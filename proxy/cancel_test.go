@@ -15,20 +15,33 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// TestCancelsAtAnyMomentReachOnlyTheirOwnClient shares one server
-// connection, in transaction mode, between clients whose statements are
+// TestCancelsAtAnyMomentReachOnlyTheirOwnClient shares few server
+// connections, in both pool modes, between clients whose statements are
 // cancelled at random moments (before, during and just after them, so
-// across the safe point) and bystanders whose statements must never be
-// cancelled. Every statement must also end: a cancel may not leave a client
-// or the server connection waiting.
+// across the safe point, and right before the client disconnects) and
+// bystanders whose statements must never be cancelled. Every client
+// disconnects and connects again now and then, so that in session mode too
+// each server connection passes from client to client. Every statement
+// must also end: a cancel may not leave a client or a server connection
+// waiting.
 func TestCancelsAtAnyMomentReachOnlyTheirOwnClient(t *testing.T) {
 	duration := 4 * time.Second
 	if testing.Short() {
 		duration = time.Second
 	}
-	p := startProxy(t, transactionMode(1))
-	dsn := p.DSN("postgres", "postgres", "")
+	for _, mode := range []string{"transaction", "session"} {
+		t.Run(mode, func(t *testing.T) {
+			edit := transactionMode(1)
+			if mode == "session" {
+				edit = sessionMode(2)
+			}
+			p := startProxy(t, edit)
+			cancelsReachOnlyTheirClient(t, p.DSN("postgres", "postgres", ""), duration)
+		})
+	}
+}
 
+func cancelsReachOnlyTheirClient(t *testing.T, dsn string, duration time.Duration) {
 	var (
 		cancelled, victimRan, bystanderRan atomic.Int64
 		mu                                 sync.Mutex
@@ -43,12 +56,29 @@ func TestCancelsAtAnyMomentReachOnlyTheirOwnClient(t *testing.T) {
 		}
 	}
 	stop := time.Now().Add(duration)
-	// run runs statements on conn until stop; a statement that does not end
-	// within 10 s is a hang.
-	run := func(name string, conn *pgx.Conn, seed uint64, check func(error)) {
+	// run runs statements until stop, on a connection it replaces now and
+	// then, published in current; a statement that does not end within
+	// 10 s is a hang.
+	run := func(name string, current *atomic.Pointer[pgconn.PgConn], seed uint64, check func(error)) {
 		defer wg.Done()
 		rng := rand.New(rand.NewPCG(seed, 0))
+		var conn *pgx.Conn
+		defer func() {
+			if conn != nil {
+				conn.Close(context.Background())
+			}
+		}()
 		for time.Now().Before(stop) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			if conn == nil {
+				var err error
+				if conn, err = pgx.Connect(ctx, dsn); err != nil {
+					cancel()
+					report("%s: connect: %v", name, err)
+					return
+				}
+				current.Store(conn.PgConn())
+			}
 			sleep := fmt.Sprintf("%.4f", rng.Float64()*0.01)
 			var sql string
 			switch rng.IntN(3) {
@@ -59,7 +89,6 @@ func TestCancelsAtAnyMomentReachOnlyTheirOwnClient(t *testing.T) {
 			default:
 				sql = "SELECT 1"
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			_, err := conn.Exec(ctx, sql, pgx.QueryExecModeSimpleProtocol)
 			if err == nil && rng.IntN(2) == 0 {
 				_, err = conn.Exec(ctx, "SELECT pg_sleep($1::float8)", pgx.QueryExecModeExec, sleep)
@@ -79,13 +108,17 @@ func TestCancelsAtAnyMomentReachOnlyTheirOwnClient(t *testing.T) {
 				return
 			}
 			check(err)
+			if rng.IntN(4) == 0 {
+				// Disconnect, perhaps with a cancel still on its way.
+				conn.Close(context.Background())
+				conn = nil
+			}
 		}
 	}
 	for i := range 2 {
-		victim := connect(t, dsn, pgx.QueryExecModeExec)
-		bystander := connect(t, dsn, pgx.QueryExecModeExec)
+		var victim, bystander atomic.Pointer[pgconn.PgConn]
 		wg.Add(3)
-		go run(fmt.Sprintf("victim %d", i), victim, uint64(i), func(err error) {
+		go run(fmt.Sprintf("victim %d", i), &victim, uint64(i), func(err error) {
 			victimRan.Add(1)
 			var pgErr *pgconn.PgError
 			switch {
@@ -96,7 +129,7 @@ func TestCancelsAtAnyMomentReachOnlyTheirOwnClient(t *testing.T) {
 				report("victim %d: %v", i, err)
 			}
 		})
-		go run(fmt.Sprintf("bystander %d", i), bystander, uint64(100+i), func(err error) {
+		go run(fmt.Sprintf("bystander %d", i), &bystander, uint64(100+i), func(err error) {
 			bystanderRan.Add(1)
 			if err != nil {
 				report("bystander %d: %v", i, err)
@@ -107,8 +140,12 @@ func TestCancelsAtAnyMomentReachOnlyTheirOwnClient(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(200+i), 0))
 			for time.Now().Before(stop) {
 				time.Sleep(time.Duration(rng.IntN(30000)) * time.Microsecond)
+				pc := victim.Load()
+				if pc == nil {
+					continue
+				}
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				err := victim.PgConn().CancelRequest(ctx)
+				err := pc.CancelRequest(ctx)
 				cancel()
 				if err != nil {
 					report("cancel request for victim %d: %v", i, err)

@@ -532,6 +532,12 @@ func (ss *session) close() {
 	_ = sc.SetReadDeadline(time.Time{})
 
 	ss.mu.Lock()
+	// A cancel on its way to the backend must land before another client
+	// gets it, as at the safe point (readyForQueryLocked): a client may
+	// cancel and disconnect at once. No new one starts once server is nil.
+	for ss.cancelling > 0 {
+		ss.changed.Wait()
+	}
 	clean := ss.idleLocked() && ss.checking == nil
 	ss.server = nil
 	target := ss.target
