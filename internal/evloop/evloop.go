@@ -1,0 +1,302 @@
+// Package evloop runs an event loop: one goroutine that waits in
+// epoll_wait for many non-blocking sockets and handles what they are ready
+// for, with no goroutine per socket.
+//
+// A socket is registered once, edge-triggered, for reading, writing and
+// hang-ups, and stays registered until it is closed or deregistered. Its
+// Handler is called on the loop's goroutine with the events that came. With
+// edge triggering a socket reports readiness once per change: a handler
+// that stops reading before the kernel's buffer is empty (a read that
+// filled the buffer it was given, or back-pressure) must remember to read
+// again, since no new event comes for bytes already there. A short read
+// means the buffer was emptied, and bytes that come later make a new
+// event.
+//
+// A socket may also be read and written by other goroutines through Go's
+// own poller (its net.Conn), when the program hands it over: the loop then
+// still gets its events, and the handler is expected to ignore them while
+// it does not own the socket.
+//
+// # Concurrency
+//
+// Register, Deregister and the handlers run on the loop's goroutine only:
+// other goroutines ask it to run code with Post. Close is safe from any
+// goroutine. After each round of events, and before it waits again, the
+// loop calls the functions handlers gave to Defer, once per round: that is
+// where writes that several events produced go out in one system call per
+// socket.
+//
+// # What it does not do
+//
+// No timers, no accepting, no TLS: those stay on goroutines. Linux only.
+package evloop
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"syscall"
+	"unsafe"
+)
+
+// Events a handler gets.
+const (
+	In    uint32 = syscall.EPOLLIN
+	Out   uint32 = syscall.EPOLLOUT
+	Hup   uint32 = syscall.EPOLLHUP | syscall.EPOLLRDHUP
+	Error uint32 = syscall.EPOLLERR
+)
+
+// edgeTriggered is EPOLLET as the uint32 of epoll_event (syscall's
+// constant is a negative int).
+const edgeTriggered = 1 << 31
+
+// ErrClosed is returned by Post after Close.
+var ErrClosed = errors.New("evloop: loop closed")
+
+// Handler handles a registered socket's events, on the loop's goroutine.
+type Handler interface {
+	Event(events uint32)
+}
+
+// ID names a registered socket.
+type ID uint64
+
+// Loop is one epoll instance and its goroutine. See the package comment.
+type Loop struct {
+	epfd int
+	evfd int // eventfd that Post and Close write to
+
+	// Used by the loop's goroutine only:
+	handlers map[ID]Handler
+	next     ID
+	events   []syscall.EpollEvent
+	deferred []func()
+	running  []func() // tasks being run, swapped with tasks
+
+	mu     sync.Mutex
+	tasks  []func() // guarded by mu
+	woken  bool     // guarded by mu; an eventfd write is on its way
+	closed bool     // guarded by mu
+	done   chan struct{}
+}
+
+// New starts a loop; Close stops it.
+func New() (*Loop, error) {
+	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("epoll_create1: %w", err)
+	}
+	evfd, _, errno := syscall.Syscall(syscall.SYS_EVENTFD2, 0, syscall.O_CLOEXEC|syscall.O_NONBLOCK, 0)
+	if errno != 0 {
+		syscall.Close(epfd)
+		return nil, fmt.Errorf("eventfd2: %w", errno)
+	}
+	l := &Loop{epfd: epfd, evfd: int(evfd), handlers: map[ID]Handler{}, next: 1,
+		events: make([]syscall.EpollEvent, 256), done: make(chan struct{})}
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN}
+	setID(&ev, 0) // ID 0 is the eventfd
+	if err := syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, l.evfd, &ev); err != nil {
+		syscall.Close(epfd)
+		syscall.Close(l.evfd)
+		return nil, fmt.Errorf("epoll_ctl: %w", err)
+	}
+	go l.run()
+	return l, nil
+}
+
+// The epoll_event data field is 64 bits; Go's EpollEvent splits it in Fd
+// and Pad. It carries the ID.
+func setID(ev *syscall.EpollEvent, id ID) {
+	*(*uint64)(unsafe.Pointer(&ev.Fd)) = uint64(id)
+}
+
+func eventID(ev *syscall.EpollEvent) ID {
+	return ID(*(*uint64)(unsafe.Pointer(&ev.Fd)))
+}
+
+// Register adds the non-blocking socket fd, edge-triggered, with h as its
+// handler. It must be called on the loop's goroutine.
+func (l *Loop) Register(fd int, h Handler) (ID, error) {
+	id := l.next
+	l.next++
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLOUT | syscall.EPOLLRDHUP | edgeTriggered}
+	setID(&ev, id)
+	if err := syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		return 0, fmt.Errorf("evloop: epoll_ctl add: %w", err)
+	}
+	l.handlers[id] = h
+	return id, nil
+}
+
+// Deregister removes the socket fd registered as id; events already read
+// for it are dropped. It must be called on the loop's goroutine, while fd
+// is still open.
+func (l *Loop) Deregister(id ID, fd int) {
+	if _, ok := l.handlers[id]; !ok {
+		return
+	}
+	delete(l.handlers, id)
+	_ = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, fd, nil)
+}
+
+// Forget drops the handler of id, whose socket was closed (which took it
+// out of the epoll set). It must be called on the loop's goroutine.
+func (l *Loop) Forget(id ID) { delete(l.handlers, id) }
+
+// Post runs f on the loop's goroutine, soon. It is safe from any goroutine,
+// the loop's own included.
+func (l *Loop) Post(f func()) error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return ErrClosed
+	}
+	l.tasks = append(l.tasks, f)
+	wake := !l.woken
+	l.woken = true
+	l.mu.Unlock()
+	if wake {
+		l.wake()
+	}
+	return nil
+}
+
+// wake makes the loop's wait return: eventfd takes a native-endian
+// 64-bit count.
+func (l *Loop) wake() {
+	var one [8]byte
+	binary.NativeEndian.PutUint64(one[:], 1)
+	_, _ = syscall.Write(l.evfd, one[:])
+}
+
+// Defer runs f once the loop has handled the events of this round, before
+// it waits again. It must be called on the loop's goroutine.
+func (l *Loop) Defer(f func()) { l.deferred = append(l.deferred, f) }
+
+// Close stops the loop once the round under way is over. Tasks posted and
+// not yet run are dropped; sockets stay open (their owners close them). It
+// is idempotent.
+func (l *Loop) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		<-l.done
+		return nil
+	}
+	l.closed = true
+	l.mu.Unlock()
+	l.wake()
+	<-l.done
+	return nil
+}
+
+func (l *Loop) run() {
+	defer func() {
+		syscall.Close(l.epfd)
+		syscall.Close(l.evfd)
+		close(l.done)
+	}()
+	for {
+		// Poll without blocking first: under load something is nearly
+		// always ready, and a blocking wait hands the goroutine's P back
+		// to the scheduler and takes it again.
+		n := wait(l.epfd, l.events, false)
+		if n == 0 {
+			n = wait(l.epfd, l.events, true)
+		}
+		woken := false
+		for i := range n {
+			ev := &l.events[i]
+			id := eventID(ev)
+			if id == 0 {
+				woken = true
+				continue
+			}
+			if h, ok := l.handlers[id]; ok {
+				h.Event(ev.Events)
+			}
+		}
+		if woken {
+			var b [8]byte
+			_, _ = syscall.Read(l.evfd, b[:])
+			l.mu.Lock()
+			closed := l.closed
+			l.woken = false
+			l.running, l.tasks = l.tasks, l.running[:0]
+			l.mu.Unlock()
+			if closed {
+				return
+			}
+			for i, f := range l.running {
+				f()
+				l.running[i] = nil
+			}
+		}
+		for i := 0; i < len(l.deferred); i++ { // a deferred function may defer another
+			l.deferred[i]()
+			l.deferred[i] = nil
+		}
+		l.deferred = l.deferred[:0]
+	}
+}
+
+// wait waits in epoll_pwait for events, or only polls when block is
+// false.
+func wait(epfd int, events []syscall.EpollEvent, block bool) int {
+	var r uintptr
+	var errno syscall.Errno
+	if block {
+		r, _, errno = syscall.Syscall6(syscall.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), ^uintptr(0), 0, 0)
+	} else {
+		r, _, errno = syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+	}
+	if errno != 0 {
+		return 0 // EINTR
+	}
+	return int(r)
+}
+
+// Read reads from the non-blocking socket fd into b with one system call.
+// It returns syscall.EAGAIN when there is nothing to read, and n 0 with a
+// nil error at the end of the stream.
+func Read(fd int, b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	for {
+		n, _, errno := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		switch errno {
+		case 0:
+			return int(n), nil
+		case syscall.EINTR:
+			continue
+		default:
+			return 0, errno
+		}
+	}
+}
+
+// Write writes b to the non-blocking socket fd with one system call and
+// returns how much it took: less than len(b), with syscall.EAGAIN, when
+// the socket's buffer is full.
+func Write(fd int, b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	for {
+		n, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		switch errno {
+		case 0:
+			if int(n) < len(b) {
+				return int(n), syscall.EAGAIN
+			}
+			return int(n), nil
+		case syscall.EINTR:
+			continue
+		default:
+			return 0, errno
+		}
+	}
+}
