@@ -1,7 +1,6 @@
 package pool
 
 import (
-	"bufio"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -33,7 +32,7 @@ type Conn struct {
 	pool   *Pool
 	nc     net.Conn
 	rd     *pgwire.Reader
-	wr     *bufio.Writer
+	wr     *pgwire.Writer
 	pid    uint32
 	secret []byte
 

@@ -1,7 +1,6 @@
 package pool
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -516,7 +515,7 @@ func (p *Pool) connect(ctx context.Context) (*Conn, error) {
 		pool:      p,
 		nc:        nc,
 		rd:        pgwire.NewReader(nc, serverReadBufBytes, maxServerMsgBytes),
-		wr:        bufio.NewWriterSize(nc, serverWriteBufBytes),
+		wr:        pgwire.NewWriter(nc, serverWriteBufBytes, false),
 		pid:       hj.PID,
 		secret:    hj.SecretKey,
 		params:    params,

@@ -65,7 +65,7 @@ type session struct {
 	connectedAt time.Time
 
 	wmu  sync.Mutex
-	w    clientWriter // guarded by wmu
+	w    pgwire.Writer // guarded by wmu; its buffer goes back to a free list whenever it is empty
 	sent *sentCounter // guarded by wmu; what w has written to the client
 
 	// Used by the client goroutine only:
@@ -229,7 +229,7 @@ func newSession(srv *Server, cfg *config.Config, st *startup) *session {
 		stmts:       map[string]*clientStmt{},
 	}
 	ss.changed.L = &ss.mu
-	ss.w = clientWriter{dst: ss.sent}
+	ss.w.Init(ss.sent, clientWriteBufBytes, true)
 	ss.routing = ss.mode == config.PoolModeTransaction && len(cfg.Replicas) > 0 && cfg.Routing.ReplicaReads
 	ss.settingsKey = pool.SettingsKey(ss.settings)
 	return ss

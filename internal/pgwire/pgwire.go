@@ -17,6 +17,8 @@ import (
 	"io"
 	"sync"
 	"syscall"
+
+	"github.com/kproxy/kproxy/internal/evloop"
 )
 
 // Protocol codes found in the first message of a connection.
@@ -265,6 +267,64 @@ func (r *Reader) readLarge(t byte, total int, buf []byte) (byte, []byte, error) 
 		r.big = nil
 	}
 	return t, buf, nil
+}
+
+// FillFD reads once from fd, the reader's socket, which must be
+// non-blocking, into the free part of the buffer, for an event loop that
+// owns the socket (see package evloop). It reports how many bytes came and
+// whether they filled all the room there was, in which case more may be
+// waiting. It returns syscall.EAGAIN when there was nothing to read, io.EOF
+// at the end of the stream, and reads nothing (0, true, nil) when the
+// buffer is full, which happens only when the next frame does not fit it
+// (Oversized).
+func (r *Reader) FillFD(fd int) (n int, full bool, err error) {
+	r.take()
+	if r.r == r.w {
+		r.r, r.w = 0, 0
+	} else if r.r > 0 {
+		r.w = copy(r.b, r.b[r.r:r.w])
+		r.r = 0
+	}
+	room := len(r.b) - r.w
+	if room == 0 {
+		return 0, true, nil
+	}
+	n, err = evloop.Read(fd, r.b[r.w:])
+	switch {
+	case err != nil:
+		return 0, false, err
+	case n == 0:
+		return 0, false, io.EOF
+	}
+	r.w += n
+	return n, n == room, nil
+}
+
+// Peek returns the next frame, as Next would, when it is wholly buffered,
+// without taking it: the next Next returns it without reading.
+func (r *Reader) Peek() (t byte, frame []byte, ok bool) {
+	if r.pendTotal > 0 || r.w-r.r < headerBytes {
+		return 0, nil, false
+	}
+	n := int(binary.BigEndian.Uint32(r.b[r.r+1:]))
+	if n < 4 || n-4 > r.max || 1+n > r.w-r.r {
+		return 0, nil, false
+	}
+	return r.b[r.r], r.b[r.r : r.r+1+n], true
+}
+
+// Oversized reports whether the next frame cannot come through the read
+// buffer (it is larger, or its length is impossible, or a large frame is
+// under way): only Next, reading as it goes, takes it.
+func (r *Reader) Oversized() bool {
+	if r.pendTotal > 0 {
+		return true
+	}
+	if r.w-r.r < headerBytes {
+		return false
+	}
+	n := int(binary.BigEndian.Uint32(r.b[r.r+1:]))
+	return n < 4 || n-4 > r.max || 1+n > r.size
 }
 
 // Idle reports whether nothing of a next frame has been read yet.
