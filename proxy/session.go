@@ -66,7 +66,7 @@ type session struct {
 
 	wmu  sync.Mutex
 	w    pgwire.Writer // guarded by wmu; its buffer goes back to a free list whenever it is empty
-	sent *sentCounter // guarded by wmu; what w has written to the client
+	sent *sentCounter  // guarded by wmu; what w has written to the client
 
 	// Used by the client goroutine only:
 	skipping  bool   // drop messages until Sync, after an error kproxy reported mid-batch
