@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/kproxy/kproxy/internal/evloop"
 	"github.com/kproxy/kproxy/internal/pgwire"
 )
 
@@ -78,6 +79,16 @@ type Conn struct {
 	example     string
 	// health is the connection's score, 0 to 100 (see NoteFailure).
 	health atomic.Int32
+
+	// For event loops (loop.go): sock reads and writes the socket (nil
+	// until Sock, and for TLS, then notPlain), home is the loop that served
+	// on it last, loopState what that loop keeps here, and onClose what
+	// close calls.
+	sock      *evloop.Sock
+	notPlain  bool
+	home      int
+	loopState any
+	onClose   func()
 }
 
 // Health scores: a connection starts at 100, loses 10 per
@@ -583,4 +594,8 @@ func (c *Conn) close() {
 	_, _ = c.nc.Write([]byte{'X', 0, 0, 0, 4})
 	_ = c.nc.Close()
 	c.nc = nil
+	if f := c.onClose; f != nil {
+		c.onClose = nil
+		f()
+	}
 }

@@ -116,34 +116,39 @@ func eventID(ev *syscall.EpollEvent) ID {
 	return ID(*(*uint64)(unsafe.Pointer(&ev.Fd)))
 }
 
-// Register adds the non-blocking socket fd, edge-triggered, with h as its
-// handler. It must be called on the loop's goroutine.
-func (l *Loop) Register(fd int, h Handler) (ID, error) {
+// Register adds the non-blocking socket behind raw, edge-triggered, with h
+// as its handler. It must be called on the loop's goroutine.
+func (l *Loop) Register(raw syscall.RawConn, h Handler) (ID, error) {
 	id := l.next
 	l.next++
 	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLOUT | syscall.EPOLLRDHUP | edgeTriggered}
 	setID(&ev, id)
-	if err := syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_ADD, fd, &ev); err != nil {
+	var err error
+	if cerr := raw.Control(func(fd uintptr) {
+		err = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_ADD, int(fd), &ev)
+	}); cerr != nil {
+		err = cerr
+	}
+	if err != nil {
 		return 0, fmt.Errorf("evloop: epoll_ctl add: %w", err)
 	}
 	l.handlers[id] = h
 	return id, nil
 }
 
-// Deregister removes the socket fd registered as id; events already read
-// for it are dropped. It must be called on the loop's goroutine, while fd
-// is still open.
-func (l *Loop) Deregister(id ID, fd int) {
+// Deregister removes the socket registered as id, if it is still open
+// (closing a socket takes it out of the epoll set on its own), and its
+// handler; events already read for it are dropped. It must be called on
+// the loop's goroutine.
+func (l *Loop) Deregister(id ID, raw syscall.RawConn) {
 	if _, ok := l.handlers[id]; !ok {
 		return
 	}
 	delete(l.handlers, id)
-	_ = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, fd, nil)
+	_ = raw.Control(func(fd uintptr) {
+		_ = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, int(fd), nil)
+	})
 }
-
-// Forget drops the handler of id, whose socket was closed (which took it
-// out of the epoll set). It must be called on the loop's goroutine.
-func (l *Loop) Forget(id ID) { delete(l.handlers, id) }
 
 // Post runs f on the loop's goroutine, soon. It is safe from any goroutine,
 // the loop's own included.
@@ -258,45 +263,93 @@ func wait(epfd int, events []syscall.EpollEvent, block bool) int {
 	return int(r)
 }
 
-// Read reads from the non-blocking socket fd into b with one system call.
-// It returns syscall.EAGAIN when there is nothing to read, and n 0 with a
-// nil error at the end of the stream.
-func Read(fd int, b []byte) (int, error) {
+// Sock reads and writes a non-blocking socket with one system call each,
+// never waiting. It goes through the socket's RawConn, which keeps the
+// descriptor from being closed (and its number given to another socket)
+// during a call; after Close, calls fail. It is not safe for concurrent
+// use, and allocates nothing per call.
+type Sock struct {
+	raw     syscall.RawConn
+	buf     []byte
+	n       int
+	errno   syscall.Errno
+	readFn  func(uintptr) bool
+	writeFn func(uintptr) bool
+}
+
+// NewSock returns a Sock for the socket behind raw.
+func NewSock(raw syscall.RawConn) *Sock {
+	s := &Sock{raw: raw}
+	s.readFn = s.read
+	s.writeFn = s.write
+	return s
+}
+
+// Raw returns the socket's RawConn.
+func (s *Sock) Raw() syscall.RawConn { return s.raw }
+
+// Read reads into b. It returns syscall.EAGAIN when there is nothing to
+// read, and n 0 with a nil error at the end of the stream.
+func (s *Sock) Read(b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
 	}
+	s.buf = b
+	err := s.raw.Read(s.readFn)
+	s.buf = nil
+	if err != nil {
+		return 0, err
+	}
+	if s.errno != 0 {
+		return 0, s.errno
+	}
+	return s.n, nil
+}
+
+// Write writes b and returns how much the socket took: less than len(b),
+// with syscall.EAGAIN, when its buffer is full.
+func (s *Sock) Write(b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	s.buf = b
+	err := s.raw.Write(s.writeFn)
+	s.buf = nil
+	if err != nil {
+		return 0, err
+	}
+	if s.errno != 0 {
+		return 0, s.errno
+	}
+	if s.n < len(b) {
+		return s.n, syscall.EAGAIN
+	}
+	return s.n, nil
+}
+
+// read and write are the functions given to RawConn: they return true so
+// that RawConn never waits.
+func (s *Sock) read(fd uintptr) bool {
 	for {
-		n, _, errno := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
-		switch errno {
-		case 0:
-			return int(n), nil
-		case syscall.EINTR:
+		n, _, errno := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&s.buf[0])), uintptr(len(s.buf)))
+		if errno == syscall.EINTR {
 			continue
-		default:
-			return 0, errno
 		}
+		s.n, s.errno = int(n), errno
+		return true
 	}
 }
 
-// Write writes b to the non-blocking socket fd with one system call and
-// returns how much it took: less than len(b), with syscall.EAGAIN, when
-// the socket's buffer is full.
-func Write(fd int, b []byte) (int, error) {
-	if len(b) == 0 {
-		return 0, nil
-	}
+func (s *Sock) write(fd uintptr) bool {
 	for {
-		n, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
-		switch errno {
-		case 0:
-			if int(n) < len(b) {
-				return int(n), syscall.EAGAIN
-			}
-			return int(n), nil
-		case syscall.EINTR:
+		n, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&s.buf[0])), uintptr(len(s.buf)))
+		if errno == syscall.EINTR {
 			continue
-		default:
-			return 0, errno
 		}
+		s.n, s.errno = int(n), errno
+		if errno != 0 {
+			s.n = 0
+		}
+		return true
 	}
 }

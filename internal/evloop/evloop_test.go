@@ -1,6 +1,7 @@
 package evloop
 
 import (
+	"os"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -12,13 +13,28 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// pair returns two connected non-blocking stream sockets.
-func pair(t *testing.T) (a, b int) {
+// pair returns two connected non-blocking stream sockets, closed when the
+// test ends.
+func pair(t *testing.T) (a, b *os.File) {
 	t.Helper()
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
 	require.NoError(t, err)
-	t.Cleanup(func() { syscall.Close(fds[0]); syscall.Close(fds[1]) })
-	return fds[0], fds[1]
+	a, b = os.NewFile(uintptr(fds[0]), "a"), os.NewFile(uintptr(fds[1]), "b")
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
+func rawOf(t *testing.T, f *os.File) syscall.RawConn {
+	t.Helper()
+	raw, err := f.SyscallConn()
+	require.NoError(t, err)
+	return raw
+}
+
+func fdOf(t *testing.T, f *os.File) int {
+	fd := -1
+	require.NoError(t, rawOf(t, f).Control(func(s uintptr) { fd = int(s) }))
+	return fd
 }
 
 type recorder struct {
@@ -31,7 +47,7 @@ func (r *recorder) Event(events uint32) {
 	if events&In != 0 {
 		var buf [64]byte
 		for {
-			n, err := Read(r.fd, buf[:])
+			n, err := syscall.Read(r.fd, buf[:])
 			if err != nil || n == 0 {
 				break
 			}
@@ -62,13 +78,13 @@ func TestARegisteredSocketIsReadOnTheLoopEachTimeBytesCome(t *testing.T) {
 	require.NoError(t, err)
 	defer l.Close()
 	a, b := pair(t)
-	r := &recorder{fd: a, got: make(chan []byte, 16)}
+	r := &recorder{fd: fdOf(t, a), got: make(chan []byte, 16)}
 	onLoop(t, l, func() {
-		_, err := l.Register(a, r)
+		_, err := l.Register(rawOf(t, a), r)
 		require.NoError(t, err)
 	})
 	for _, msg := range []string{"one", "two", "three"} {
-		_, err := Write(b, []byte(msg))
+		_, err := syscall.Write(fdOf(t, b), []byte(msg))
 		require.NoError(t, err)
 		select {
 		case got := <-r.got:
@@ -77,7 +93,7 @@ func TestARegisteredSocketIsReadOnTheLoopEachTimeBytesCome(t *testing.T) {
 			t.Fatalf("%q was not read", msg)
 		}
 	}
-	syscall.Close(b)
+	b.Close()
 	require.Eventually(t, func() bool { return r.hups.Load() > 0 }, 5*time.Second, time.Millisecond)
 }
 
@@ -99,14 +115,14 @@ func TestADeregisteredSocketGetsNoMoreEvents(t *testing.T) {
 	require.NoError(t, err)
 	defer l.Close()
 	a, b := pair(t)
-	r := &recorder{fd: a, got: make(chan []byte, 16)}
+	r := &recorder{fd: fdOf(t, a), got: make(chan []byte, 16)}
 	var id ID
 	onLoop(t, l, func() {
-		id, err = l.Register(a, r)
+		id, err = l.Register(rawOf(t, a), r)
 		require.NoError(t, err)
 	})
-	onLoop(t, l, func() { l.Deregister(id, a) })
-	_, err = Write(b, []byte("x"))
+	onLoop(t, l, func() { l.Deregister(id, rawOf(t, a)) })
+	_, err = syscall.Write(fdOf(t, b), []byte("x"))
 	require.NoError(t, err)
 	onLoop(t, l, func() {})
 	select {
@@ -124,14 +140,16 @@ func TestPostAfterCloseFails(t *testing.T) {
 	require.ErrorIs(t, l.Post(func() {}), ErrClosed)
 }
 
-func TestWriteReportsAFullSocket(t *testing.T) {
+func TestASockReportsAFullSocketAndAnEmptyOne(t *testing.T) {
 	a, _ := pair(t)
+	s := NewSock(rawOf(t, a))
 	big := make([]byte, 8<<20)
-	n, err := Write(a, big)
+	n, err := s.Write(big)
 	require.ErrorIs(t, err, syscall.EAGAIN)
 	require.Positive(t, n)
 	require.Less(t, n, len(big))
-	n, err = Read(a, make([]byte, 10))
+	n, err = s.Read(make([]byte, 10))
 	require.ErrorIs(t, err, syscall.EAGAIN)
 	require.Zero(t, n)
 }
+

@@ -17,8 +17,6 @@ import (
 	"io"
 	"sync"
 	"syscall"
-
-	"github.com/kproxy/kproxy/internal/evloop"
 )
 
 // Protocol codes found in the first message of a connection.
@@ -269,15 +267,15 @@ func (r *Reader) readLarge(t byte, total int, buf []byte) (byte, []byte, error) 
 	return t, buf, nil
 }
 
-// FillFD reads once from fd, the reader's socket, which must be
-// non-blocking, into the free part of the buffer, for an event loop that
-// owns the socket (see package evloop). It reports how many bytes came and
+// FillFrom reads once from src, the reader's socket read without blocking
+// (an evloop.Sock), into the free part of the buffer, for an event loop
+// that owns the socket. It reports how many bytes came and
 // whether they filled all the room there was, in which case more may be
 // waiting. It returns syscall.EAGAIN when there was nothing to read, io.EOF
 // at the end of the stream, and reads nothing (0, true, nil) when the
 // buffer is full, which happens only when the next frame does not fit it
 // (Oversized).
-func (r *Reader) FillFD(fd int) (n int, full bool, err error) {
+func (r *Reader) FillFrom(src io.Reader) (n int, full bool, err error) {
 	r.take()
 	if r.r == r.w {
 		r.r, r.w = 0, 0
@@ -289,7 +287,7 @@ func (r *Reader) FillFD(fd int) (n int, full bool, err error) {
 	if room == 0 {
 		return 0, true, nil
 	}
-	n, err = evloop.Read(fd, r.b[r.w:])
+	n, err = src.Read(r.b[r.w:])
 	switch {
 	case err != nil:
 		return 0, false, err

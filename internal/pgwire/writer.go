@@ -3,12 +3,10 @@ package pgwire
 import (
 	"io"
 	"syscall"
-
-	"github.com/kproxy/kproxy/internal/evloop"
 )
 
 // Writer buffers what goes to one socket. Write and Flush block like a
-// bufio.Writer's, for a goroutine that owns the socket; Append and FlushFD
+// bufio.Writer's, for a goroutine that owns the socket; Append and FlushTo
 // never block, for an event loop that owns it (see package evloop): Append
 // lets the buffer grow past its size, and the loop bounds it by reading no
 // more from the other side while Buffered is high. The buffer comes from a
@@ -92,16 +90,16 @@ func (w *Writer) flush() error {
 	return nil
 }
 
-// FlushFD sends what it can of what is buffered to the non-blocking
-// socket fd (dst's), with one system call, and returns how many bytes went
-// and whether everything did. The rest waits for the next FlushFD (once
-// the socket is writable again) or Flush.
-func (w *Writer) FlushFD(fd int) (n int, all bool, err error) {
+// FlushTo sends what it can of what is buffered with one call of dst, the
+// Writer's socket written without blocking (an evloop.Sock), and returns
+// how many bytes went and whether everything did. The rest waits for the
+// next FlushTo (once the socket is writable again) or Flush.
+func (w *Writer) FlushTo(dst io.Writer) (n int, all bool, err error) {
 	if len(w.b) == 0 {
 		w.done()
 		return 0, true, nil
 	}
-	n, err = evloop.Write(fd, w.b)
+	n, err = dst.Write(w.b)
 	if n == len(w.b) {
 		w.b = w.b[:0]
 		w.done()

@@ -30,7 +30,7 @@ func TestWriterFlushesWhatDoesNotFitAndGivesItsBufferBack(t *testing.T) {
 	require.Nil(t, w.b, "an empty Writer that releases holds no buffer")
 }
 
-func TestWriterFlushFDSendsWhatTheSocketTakesAndKeepsTheRest(t *testing.T) {
+func TestWriterFlushToSendsWhatTheSocketTakesAndKeepsTheRest(t *testing.T) {
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK, 0)
 	require.NoError(t, err)
 	a := os.NewFile(uintptr(fds[0]), "a")
@@ -43,7 +43,7 @@ func TestWriterFlushFDSendsWhatTheSocketTakesAndKeepsTheRest(t *testing.T) {
 	w := NewWriter(ca, 64, true)
 	big := bytes.Repeat([]byte("y"), 8<<20)
 	w.Append(big) // more than the socket's buffer holds
-	n, all, err := w.FlushFD(fds[0])
+	n, all, err := w.FlushTo(fdRW(fds[0]))
 	require.NoError(t, err)
 	require.False(t, all)
 	require.Positive(t, n)
@@ -58,7 +58,7 @@ func TestWriterFlushFDSendsWhatTheSocketTakesAndKeepsTheRest(t *testing.T) {
 				break
 			}
 		}
-		m, _, err := w.FlushFD(fds[0])
+		m, _, err := w.FlushTo(fdRW(fds[0]))
 		require.NoError(t, err)
 		got += m
 	}
@@ -66,19 +66,19 @@ func TestWriterFlushFDSendsWhatTheSocketTakesAndKeepsTheRest(t *testing.T) {
 	require.Nil(t, w.b)
 }
 
-func TestFillFDReadsWhatIsThereAndPeekShowsWholeFrames(t *testing.T) {
+func TestFillFromReadsWhatIsThereAndPeekShowsWholeFrames(t *testing.T) {
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK, 0)
 	require.NoError(t, err)
 	defer syscall.Close(fds[0])
 	defer syscall.Close(fds[1])
 	r := NewReader(nil, 16, 1000)
-	_, _, err = r.FillFD(fds[0])
+	_, _, err = r.FillFrom(fdRW(fds[0]))
 	require.ErrorIs(t, err, syscall.EAGAIN)
 
 	q := []byte{'Q', 0, 0, 0, 7, 'a', 'b', 0}
 	_, err = syscall.Write(fds[1], append(q, 'Q', 0, 0)) // a frame and the start of another
 	require.NoError(t, err)
-	n, full, err := r.FillFD(fds[0])
+	n, full, err := r.FillFrom(fdRW(fds[0]))
 	require.NoError(t, err)
 	require.Equal(t, 11, n)
 	require.False(t, full)
@@ -96,11 +96,33 @@ func TestFillFDReadsWhatIsThereAndPeekShowsWholeFrames(t *testing.T) {
 	// A frame longer than the buffer is Next's, not the loop's.
 	_, err = syscall.Write(fds[1], []byte{0, 40})
 	require.NoError(t, err)
-	_, _, err = r.FillFD(fds[0])
+	_, _, err = r.FillFrom(fdRW(fds[0]))
 	require.NoError(t, err)
 	require.True(t, r.Oversized())
 
 	syscall.Close(fds[1])
-	_, _, err = r.FillFD(fds[0])
+	_, _, err = r.FillFrom(fdRW(fds[0]))
 	require.ErrorIs(t, err, io.EOF)
+}
+
+// fdRW reads and writes a non-blocking descriptor, as an evloop.Sock does.
+type fdRW int
+
+func (f fdRW) Read(b []byte) (int, error) {
+	n, err := syscall.Read(int(f), b)
+	if err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+func (f fdRW) Write(b []byte) (int, error) {
+	n, err := syscall.Write(int(f), b)
+	if err != nil {
+		return 0, err
+	}
+	if n < len(b) {
+		return n, syscall.EAGAIN
+	}
+	return n, nil
 }
