@@ -136,4 +136,3 @@ func (c *Conn) FlushLoop() (all bool, err error) {
 	}
 	return all, err
 }
-

@@ -152,4 +152,3 @@ func TestASockReportsAFullSocketAndAnEmptyOne(t *testing.T) {
 	require.ErrorIs(t, err, syscall.EAGAIN)
 	require.Zero(t, n)
 }
-
