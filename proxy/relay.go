@@ -396,25 +396,9 @@ func (ss *session) dispatchLocked(t byte, msg []byte, flush bool) bool {
 	}
 	sc := ss.server
 	if sc == nil {
-		switch {
-		case t == 'd' || t == 'c' || t == 'f':
-			// Copy messages outside COPY are ignored, as Postgres does.
+		if out, flushNow, done := ss.withoutServerLocked(t, msg); done {
 			ss.mu.Unlock()
-			return true
-		case t == 'H':
-			// Flush: what kproxy answered itself goes out now.
-			ss.mu.Unlock()
-			return ss.writeClient(nil, true) == nil
-		case t == 'S': // a batch that never needed a server
-			ss.skipping = false
-			ss.inBatch = false
-			rfq := pgwire.ReadyForQuery(ss.txStatus)
-			ss.mu.Unlock()
-			return ss.writeClient(rfq, true) == nil
-		}
-		if out, ok := ss.answerLocallyLocked(t, msg); ok {
-			ss.mu.Unlock()
-			return ss.writeClient(out, flush) == nil
+			return ss.writeClient(out, flushNow || flush) == nil
 		}
 		readOnly := ss.routing && ss.readOnlyLocked(t, msg)
 		minLSN := ss.minLSN
@@ -465,30 +449,7 @@ func (ss *session) dispatchLocked(t byte, msg []byte, flush bool) bool {
 			ss.wmu.Unlock()
 		}
 		ss.mu.Lock()
-		// The relay starts once the client's batch is written (see
-		// settleRelay), so that what it reads first (an error the server
-		// sent before this transaction began, such as 57P01 on a
-		// connection terminated while idle) finds the transaction's
-		// routing and replay state set.
-		ss.pendingRelay = ss.attachLocked(sc)
-		ss.pendingBytes = 0
-		ss.target = target
-		// A transaction replayed on the primary is there because it writes.
-		ss.wrote = ss.forcePrimary
-		ss.replayOK = target.Replica()
-		ss.replayLog = ss.replayLog[:0]
-		ss.sentAtAttach = sent
-		if ss.mode == config.PoolModeTransaction {
-			// Statements no client holds any more leave the server first.
-			for _, name := range sc.TakeGarbage() {
-				ss.closeOnServerLocked(name)
-			}
-		}
-		if sc.Learning() {
-			if sql := ss.sqlOfLocked(t, msg); sql != "" {
-				sc.NoteStatement(ss.srv.classifier.Classify(sql).Fingerprint, sql)
-			}
-		}
+		ss.attachForLocked(sc, target, sent, t, msg)
 	}
 	if t == 'S' {
 		ss.skipping = false
@@ -539,6 +500,55 @@ func (ss *session) dispatchLocked(t byte, msg []byte, flush bool) bool {
 	ok := ss.endWrite(err) && cerr == nil
 	ss.settleRelay(sc, flush, ok, answer, len(toServer))
 	return ok
+}
+
+// withoutServerLocked handles client message t when no server connection
+// is attached and none is needed: copy messages outside COPY (ignored, as
+// Postgres does), Flush, a Sync that ends a batch that never needed a
+// server, and what answerLocallyLocked answers. It reports whether it did,
+// what to send the client, and whether to flush it now.
+func (ss *session) withoutServerLocked(t byte, msg []byte) (out []byte, flushNow, done bool) {
+	switch t {
+	case 'd', 'c', 'f':
+		return nil, false, true
+	case 'H': // what kproxy answered itself goes out now
+		return nil, true, true
+	case 'S':
+		ss.skipping = false
+		ss.inBatch = false
+		return pgwire.ReadyForQuery(ss.txStatus), true, true
+	}
+	out, ok := ss.answerLocallyLocked(t, msg)
+	return out, false, ok
+}
+
+// attachForLocked makes sc, taken from target for client message t, the
+// session's server connection, with the transaction's routing and replay
+// state; sent is the client byte count then (for a replay). The relay
+// starts once the client's batch is written (see settleRelay), so that
+// what it reads first (an error the server sent before this transaction
+// began, such as 57P01 on a connection terminated while idle) finds that
+// state set.
+func (ss *session) attachForLocked(sc *pool.Conn, target pool.Target, sent int64, t byte, msg []byte) {
+	ss.pendingRelay = ss.attachLocked(sc)
+	ss.pendingBytes = 0
+	ss.target = target
+	// A transaction replayed on the primary is there because it writes.
+	ss.wrote = ss.forcePrimary
+	ss.replayOK = target.Replica()
+	ss.replayLog = ss.replayLog[:0]
+	ss.sentAtAttach = sent
+	if ss.mode == config.PoolModeTransaction {
+		// Statements no client holds any more leave the server first.
+		for _, name := range sc.TakeGarbage() {
+			ss.closeOnServerLocked(name)
+		}
+	}
+	if sc.Learning() {
+		if sql := ss.sqlOfLocked(t, msg); sql != "" {
+			sc.NoteStatement(ss.srv.classifier.Classify(sql).Fingerprint, sql)
+		}
+	}
 }
 
 // maxPendingRelayBytes bounds what the client goroutine writes to a server
@@ -1835,60 +1845,9 @@ func (ss *session) relay(sc *pool.Conn, done chan struct{}, inline bool) {
 			ss.replayOnPrimaryLocked(sc, nil)
 			return
 		}
-		forward := !ss.replayNow
-		if len(ss.replies) > 0 {
-			head := &ss.replies[0]
-			switch {
-			case t == 'E':
-				ss.noteErrorLocked(head)
-				if bytes.Contains(msg, []byte("C0A000\x00")) {
-					// A statement changed under a client: what the pool
-					// knows of texts may be stale (answerLocallyLocked).
-					ss.srv.schemaGen.Add(1)
-				}
-				switch {
-				case head.substitute:
-					msg = head.frame
-				case head.client != "" && head.stmt != "" && (head.msg == 'B' || head.msg == 'D'):
-					// Postgres names the statement in some errors: the
-					// client knows it by its own name.
-					msg = renameInError(msg, head.stmt, head.client)
-				case head.errPrefix != nil && !bytes.Contains(msg, []byte("C25P02\x00")):
-					msg = append(head.errPrefix, msg...)
-				}
-				if extended(head.msg) {
-					ss.failBatchLocked(sc)
-				}
-			case ends(head.msg, t):
-				forward = forward && head.kind == replyForward
-				if t == '1' && head.stmt != "" {
-					sc.StmtReady(head.stmt)
-				}
-				if head.msg == 'D' && head.cs != nil {
-					ss.shapedLocked(sc, head, t, msg)
-				}
-				if head.dropsAll {
-					sc.ForgetAllPrepared()
-					if head.failed {
-						sc.MarkBroken() // which statements survived is unknown
-						// Most often it failed as a whole (in a failed
-						// transaction, or DISCARD ALL in one): the client
-						// keeps its statements.
-						for n, cs := range head.savedAll {
-							if ss.stmts[n] == nil {
-								ss.restoreStmtLocked(n, cs)
-							}
-						}
-					}
-				}
-				ss.popLocked(1)
-			default:
-				forward = forward && head.kind == replyForward
-				if t == 't' && head.msg == 'D' && head.cs != nil {
-					ss.descParams = append(ss.descParams[:0], msg[5:]...)
-				}
-			}
-		}
+		var forward bool
+		msg, forward = ss.answerLocked(sc, t, msg)
+		forward = forward && !ss.replayNow
 		if t != 'Z' {
 			post = ss.takeMadeUpLocked(post[:0])
 			if ss.replayNow {
@@ -1930,30 +1889,78 @@ func (ss *session) relay(sc *pool.Conn, done chan struct{}, inline bool) {
 	}
 }
 
+// answerLocked does the reply queue's bookkeeping for server message
+// (t, msg), which ends the answer to a message or is an error: it pops
+// what the answer completes, learns what it says of statements, and, after
+// an error in an extended batch, drops what the server skips. It returns
+// the message to forward to the client (an error may be replaced or
+// renamed) and whether to forward it.
+func (ss *session) answerLocked(sc *pool.Conn, t byte, msg []byte) ([]byte, bool) {
+	if len(ss.replies) == 0 {
+		return msg, true
+	}
+	forward := true
+	head := &ss.replies[0]
+	switch {
+	case t == 'E':
+		ss.noteErrorLocked(head)
+		if bytes.Contains(msg, []byte("C0A000\x00")) {
+			// A statement changed under a client: what the pool
+			// knows of texts may be stale (answerLocallyLocked).
+			ss.srv.schemaGen.Add(1)
+		}
+		switch {
+		case head.substitute:
+			msg = head.frame
+		case head.client != "" && head.stmt != "" && (head.msg == 'B' || head.msg == 'D'):
+			// Postgres names the statement in some errors: the
+			// client knows it by its own name.
+			msg = renameInError(msg, head.stmt, head.client)
+		case head.errPrefix != nil && !bytes.Contains(msg, []byte("C25P02\x00")):
+			msg = append(head.errPrefix, msg...)
+		}
+		if extended(head.msg) {
+			ss.failBatchLocked(sc)
+		}
+	case ends(head.msg, t):
+		forward = head.kind == replyForward
+		if t == '1' && head.stmt != "" {
+			sc.StmtReady(head.stmt)
+		}
+		if head.msg == 'D' && head.cs != nil {
+			ss.shapedLocked(sc, head, t, msg)
+		}
+		if head.dropsAll {
+			sc.ForgetAllPrepared()
+			if head.failed {
+				sc.MarkBroken() // which statements survived is unknown
+				// Most often it failed as a whole (in a failed
+				// transaction, or DISCARD ALL in one): the client
+				// keeps its statements.
+				for n, cs := range head.savedAll {
+					if ss.stmts[n] == nil {
+						ss.restoreStmtLocked(n, cs)
+					}
+				}
+			}
+		}
+		ss.popLocked(1)
+	default:
+		forward = head.kind == replyForward
+		if t == 't' && head.msg == 'D' && head.cs != nil {
+			ss.descParams = append(ss.descParams[:0], msg[5:]...)
+		}
+	}
+	return msg, forward
+}
+
 // readyForQueryLocked handles a ReadyForQuery with status st: at the safe
 // point of transaction mode it reads back session state if needed and
 // detaches the connection. It unlocks mu, and returns false when
 // relayServer must stop.
 func (ss *session) readyForQueryLocked(sc *pool.Conn, st byte, post *[]byte) bool {
-	ss.txStatus = st
-	if st == pgwire.TxIdle && ss.schemaTx {
-		ss.schemaTx = false
-		ss.srv.schemaGen.Add(1)
-	}
-	if len(ss.replies) == 0 {
-		ss.mayEndTx = false
-	}
-	ss.replayOK = false // its answer is on its way to the client
-	ss.replayLog = ss.replayLog[:0]
-	*post = ss.takeMadeUpLocked((*post)[:0])
-	tx := ss.mode == config.PoolModeTransaction
-	safe := ss.idleLocked()
-	if safe && ss.funcDDL {
-		// Now that it has committed (or not), load the functions again.
-		ss.funcDDL = false
-		ss.srv.requestRefresh()
-	}
-	if safe && tx && !ss.leaving && (ss.dirtySettings || ss.checkPins || ss.wrote) {
+	safe := ss.readyLocked(st, post)
+	if ss.mustCheckLocked(safe) {
 		ch := make(chan struct{})
 		ss.checking = ch
 		// The client goroutine may still be returning from its Flush.
@@ -1967,7 +1974,7 @@ func (ss *session) readyForQueryLocked(sc *pool.Conn, st byte, post *[]byte) boo
 		close(ch)
 		ss.changed.Broadcast()
 	}
-	detach := safe && tx && ss.pin == classify.EffectNone && !ss.leaving
+	detach := ss.mayDetachLocked(safe)
 	// A cancel on its way to the backend must land before another client
 	// gets it; the cancel's own timeout bounds the wait.
 	for detach && ss.cancelling > 0 {
@@ -1976,10 +1983,7 @@ func (ss *session) readyForQueryLocked(sc *pool.Conn, st byte, post *[]byte) boo
 	release := detach
 	var target pool.Target
 	if detach {
-		target = ss.target
-		ss.target = pool.Target{}
-		ss.server = nil
-		ss.serverDone = nil
+		target = ss.detachLocked()
 		if ss.writing {
 			ss.releaseAfterWrite = sc
 			release = false
@@ -2013,6 +2017,53 @@ func (ss *session) readyForQueryLocked(sc *pool.Conn, st byte, post *[]byte) boo
 		return false
 	}
 	return true
+}
+
+// readyLocked records a ReadyForQuery with status st, and the answers
+// kproxy made up behind it in post, and reports whether the session is
+// at a safe point (idleLocked).
+func (ss *session) readyLocked(st byte, post *[]byte) (safe bool) {
+	ss.txStatus = st
+	if st == pgwire.TxIdle && ss.schemaTx {
+		ss.schemaTx = false
+		ss.srv.schemaGen.Add(1)
+	}
+	if len(ss.replies) == 0 {
+		ss.mayEndTx = false
+	}
+	ss.replayOK = false // its answer is on its way to the client
+	ss.replayLog = ss.replayLog[:0]
+	*post = ss.takeMadeUpLocked((*post)[:0])
+	safe = ss.idleLocked()
+	if safe && ss.funcDDL {
+		// Now that it has committed (or not), load the functions again.
+		ss.funcDDL = false
+		ss.srv.requestRefresh()
+	}
+	return safe
+}
+
+// mustCheckLocked reports whether, at a safe point of transaction mode,
+// the session state must be read back from the server (checkSession)
+// before the connection may serve another client.
+func (ss *session) mustCheckLocked(safe bool) bool {
+	return safe && ss.mode == config.PoolModeTransaction && !ss.leaving && (ss.dirtySettings || ss.checkPins || ss.wrote)
+}
+
+// mayDetachLocked reports whether the server connection leaves the
+// session at this ReadyForQuery.
+func (ss *session) mayDetachLocked(safe bool) bool {
+	return safe && ss.mode == config.PoolModeTransaction && ss.pin == classify.EffectNone && !ss.leaving
+}
+
+// detachLocked forgets the attached server connection and returns where
+// it came from.
+func (ss *session) detachLocked() pool.Target {
+	target := ss.target
+	ss.target = pool.Target{}
+	ss.server = nil
+	ss.serverDone = nil
+	return target
 }
 
 func (ss *session) idleLocked() bool {
