@@ -56,6 +56,14 @@ type Config struct {
 	// ShutdownTimeout is how long SIGTERM waits for open transactions before
 	// closing every connection. Default 30s.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// RelayEngine is how kproxy relays between clients and servers:
+	// "goroutine" (a goroutine per client) or "loop" (event loops that own
+	// the sockets and run the common path of a transaction themselves; see
+	// proxy's doc.go). Default "goroutine".
+	RelayEngine string `yaml:"relay_engine"`
+	// EventLoops is how many event loops relay_engine "loop" runs; 0 means
+	// one per GOMAXPROCS. Default 0.
+	EventLoops int `yaml:"event_loops"`
 	// MaxMessageBytes caps a single protocol message from a client; larger
 	// messages are refused with 08P01. Default 64 MiB.
 	MaxMessageBytes int `yaml:"max_message_bytes"`
@@ -244,6 +252,7 @@ func Default() Config {
 		Pool:                       DefaultPool(),
 		ShutdownTimeout:            30 * time.Second,
 		MaxMessageBytes:            64 << 20,
+		RelayEngine:                "goroutine",
 		LogLevel:                   "info",
 		BackendReservedConnections: 5,
 		Learning:                   Learning{RedisKey: "kproxy:workload", SaveInterval: time.Minute},

@@ -110,6 +110,14 @@ func (c *Config) Validate() error {
 	if c.MaxMessageBytes < minMaxMessageBytes {
 		ps.add("max_message_bytes", "must be at least %d", minMaxMessageBytes)
 	}
+	switch c.RelayEngine {
+	case "goroutine", "loop":
+	default:
+		ps.add("relay_engine", "must be goroutine or loop; got %q", c.RelayEngine)
+	}
+	if c.EventLoops < 0 {
+		ps.add("event_loops", "must not be negative")
+	}
 	return problemError(ps)
 }
 

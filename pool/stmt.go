@@ -142,6 +142,17 @@ func (c *Conn) HasStmt(name string) bool {
 	return ok
 }
 
+// ReadyStmt reports whether the connection has a ready statement for id,
+// without counting a hit or a miss or marking it used.
+func (c *Conn) ReadyStmt(id StmtID) bool {
+	name, ok := c.byID[id]
+	if !ok {
+		return false
+	}
+	e, found := c.prepared.Peek(name)
+	return found && e.ready
+}
+
 // LookupStmt returns the connection's ready statement for id, counting a
 // hit or a miss.
 func (c *Conn) LookupStmt(id StmtID) (string, bool) {

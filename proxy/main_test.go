@@ -42,6 +42,9 @@ func startProxy(t testing.TB, edit func(*config.Config)) *testProxy {
 	cfg.Primary = primary
 	cfg.BackendTLS.SSLMode = "disable"
 	cfg.Pool.AcquireTimeout = 10 * time.Second
+	if e := os.Getenv("KPROXY_TEST_RELAY_ENGINE"); e != "" {
+		cfg.RelayEngine = e // the whole suite runs on either engine
+	}
 	if edit != nil {
 		edit(&cfg)
 	}

@@ -30,6 +30,7 @@ const (
 	parkWaiting              // waiting for the client's next message
 	parkAsked                // the sweeper set a read deadline to take the socket over
 	parkParked               // no goroutine: the Parker holds the socket
+	parkLoop                 // no goroutine: the session's event loop owns it (loop.go)
 )
 
 // parkSweep is how often the sweeper looks for clients to park. A client
@@ -161,6 +162,10 @@ func (ss *session) resume() {
 // session, before its connection closes: the resumed goroutine finds it
 // closed and ends the session.
 func (ss *session) unpark() {
+	if ss.loop != nil && ss.park.Load() == parkLoop {
+		ss.leaveLoop()
+		return
+	}
 	ss.parkMu.Lock()
 	parked := ss.park.Load() == parkParked && ss.srv.parker.Unpark(ss.parkID)
 	ss.parkMu.Unlock()

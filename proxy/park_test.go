@@ -87,7 +87,11 @@ func TestAMessageCutByAParkArrivesWhole(t *testing.T) {
 			}
 		}
 		require.Equal(t, literal, got, "%d-byte literal", size)
-		require.Zero(t, p.Server.Stats().Parks, "a client parked with half a message read")
+		if p.Config.RelayEngine != "loop" {
+			// An event loop owns every idle client from its login on,
+			// and reads a message in as many pieces as it comes.
+			require.Zero(t, p.Server.Stats().Parks, "a client parked with half a message read")
+		}
 		nc.Close()
 	}
 }

@@ -105,6 +105,9 @@ func (ss *session) serve() {
 // must not be touched). A client that leaves is the caller's to close.
 func (ss *session) run() (parked bool) {
 	for {
+		if ss.loop != nil && ss.toLoop() {
+			return true
+		}
 		waiting := ss.startWait()
 		t, msg, err := ss.rd.Next()
 		if waiting && ss.endWait(err) {

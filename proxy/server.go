@@ -81,6 +81,9 @@ type Server struct {
 
 	// workers run the server side of transactions (relayServer).
 	workers workers
+	// loops are the event loops of relay_engine "loop" (loop.go); nil
+	// with the goroutine engine.
+	loops *loopEngine
 }
 
 // classifierCacheSize bounds the statement shapes whose classification is
@@ -99,6 +102,8 @@ type counters struct {
 	parks        atomic.Int64
 	pins         [classify.NumEffects]atomic.Int64 // pins started, by reason
 	pinNanos     [classify.NumEffects]atomic.Int64 // time spent pinned (ended pins), by reason
+	handOffs     atomic.Int64                      // sessions an event loop gave to a goroutine (loop.go)
+	onLoops      atomic.Int64                      // sessions event loops own now
 }
 
 // New returns a server that sends clients' statements to cluster. cfg must
@@ -117,6 +122,14 @@ func New(cfg *config.Config, cluster *pool.Cluster, log *zap.Logger) (*Server, e
 	s.pauseCond = sync.NewCond(&s.pauseMu)
 	if err := s.Reload(cfg); err != nil {
 		return nil, err
+	}
+	if cfg.RelayEngine == "loop" {
+		// The engine is chosen at start; a reload does not change it.
+		e, err := newLoopEngine(cfg.EventLoops)
+		if err != nil {
+			return nil, err
+		}
+		s.loops = e
 	}
 	s.refresh = make(chan struct{}, 1)
 	s.stopRefresh = make(chan struct{})
@@ -312,6 +325,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if s.parker != nil {
 		_ = s.parker.Close()
 	}
+	if s.loops != nil {
+		s.loops.close()
+	}
 	s.workers.Close()
 	return err
 }
@@ -386,10 +402,13 @@ type Stats struct {
 	Accepted         int64 `json:"connections_accepted"`
 	LoginsFailed     int64 `json:"logins_failed"`
 	CancelsForwarded int64 `json:"cancel_requests"`
-	// ClientsParked counts the idle clients whose sockets wait without a
-	// goroutine; Parks counts how often a client was parked.
+	// ClientsParked counts the clients whose sockets wait without a
+	// goroutine (parked, or on an event loop); Parks counts how often a
+	// client was parked or given to its event loop, and HandOffs how often
+	// an event loop gave one to a goroutine (the slow path).
 	ClientsParked int                 `json:"clients_parked"`
 	Parks         int64               `json:"parks_total"`
+	HandOffs      int64               `json:"loop_hand_offs_total"`
 	PinnedClients map[string]int      `json:"pinned_clients"`
 	PinsTotal     map[string]int64    `json:"pins_total"`
 	PinSeconds    map[string]float64  `json:"pin_seconds_total"`
@@ -440,6 +459,8 @@ func (s *Server) Stats() Stats {
 	if s.parker != nil {
 		st.ClientsParked = s.parker.Len()
 	}
+	st.ClientsParked += int(s.stats.onLoops.Load())
+	st.HandOffs = s.stats.handOffs.Load()
 	for _, ss := range sessions {
 		cs := ss.state()
 		if cs.ServerPID != 0 {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/kproxy/kproxy/classify"
 	"github.com/kproxy/kproxy/config"
+	"github.com/kproxy/kproxy/internal/evloop"
 	"github.com/kproxy/kproxy/internal/netpark"
 	"github.com/kproxy/kproxy/internal/pgwire"
 	"github.com/kproxy/kproxy/pool"
@@ -174,6 +175,32 @@ type session struct {
 	// the primary.
 	readOnPrimary bool // guarded by mu
 
+	// The event loop (loop.go), for a session that runs on one: the loop
+	// and its index, sock for the client socket's reads and writes, cid
+	// its registration, and the functions the loop calls, bound once. The
+	// fields after them are the loop's while park is parkLoop.
+	loop           *evloop.Loop
+	loopIdx        int
+	sock           *evloop.Sock
+	arriveFn       func()
+	flushFn        func()
+	resumeServerFn func()
+	resumeClientFn func()
+	cid            evloop.ID
+	lsrv           *loopServer // the attached server connection's registration
+	post           []byte      // made-up answers behind a server message
+	flushQueued    bool        // flushLoop runs at the end of this round
+	stalled        bool        // a client message waits for the server's answers
+	clientFull     bool        // the client's socket took not all: wait for it
+	serverFull     bool        // the server's socket took not all: wait for it
+	serverPaused   bool        // relaying the answer stopped: too much waits for the client
+	clientPaused   bool        // taking client messages stopped: too much waits for the server
+	clientUnread   bool        // the client's socket may hold bytes not read yet
+	clientHup      bool        // the client hung up: read until the end of the stream
+	// ending is set once the session must not go back to its loop: a
+	// socket failed or ended, or the session is closing.
+	ending atomic.Bool
+
 	// Parking (park.go): park is the client goroutine's state, waitTick
 	// the sweep when its current wait began, parkID the socket's name in
 	// the Parker while parked.
@@ -232,6 +259,9 @@ func newSession(srv *Server, cfg *config.Config, st *startup) *session {
 	ss.w.Init(ss.sent, clientWriteBufBytes, true)
 	ss.routing = ss.mode == config.PoolModeTransaction && len(cfg.Replicas) > 0 && cfg.Routing.ReplicaReads
 	ss.settingsKey = pool.SettingsKey(ss.settings)
+	if srv.loopFor(ss.mode, raw) {
+		ss.bindLoop()
+	}
 	return ss
 }
 
@@ -481,6 +511,7 @@ func (ss *session) kill(err error) {
 }
 
 func (ss *session) closeConn() {
+	ss.ending.Store(true)
 	ss.unpark()
 	_ = ss.nc.Close()
 	ss.mu.Lock()
@@ -512,6 +543,7 @@ func (ss *session) close() {
 	ss.mu.Unlock()
 	ss.startPendingRelay(sc) // it closes done, which is waited for below
 	ss.closeConn()
+	ss.forgetLoop()
 	if ss.key != (cancelKey{}) {
 		ss.srv.unregister(ss)
 	}

@@ -35,6 +35,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"syscall"
 	"unsafe"
@@ -67,12 +68,20 @@ type ID uint64
 type Loop struct {
 	epfd int
 	evfd int // eventfd that Post and Close write to
+	// ep is epfd as a file of Go's own poller, which the loop waits on when
+	// nothing is ready (see run); waitFn polls epfd for it, into n.
+	ep     *os.File
+	epRaw  syscall.RawConn
+	waitFn func(uintptr) bool
+	n      int
 
 	// Used by the loop's goroutine only:
 	handlers map[ID]Handler
 	next     ID
 	events   []syscall.EpollEvent
 	deferred []func()
+	later    []func() // for the next round
+	nowLater []func() // this round's, swapped with later
 	running  []func() // tasks being run, swapped with tasks
 
 	mu     sync.Mutex
@@ -95,15 +104,42 @@ func New() (*Loop, error) {
 	}
 	l := &Loop{epfd: epfd, evfd: int(evfd), handlers: map[ID]Handler{}, next: 1,
 		events: make([]syscall.EpollEvent, 256), done: make(chan struct{})}
+	fail := func(err error) (*Loop, error) {
+		if l.ep != nil {
+			l.ep.Close()
+		} else {
+			syscall.Close(epfd)
+		}
+		syscall.Close(l.evfd)
+		return nil, err
+	}
 	ev := syscall.EpollEvent{Events: syscall.EPOLLIN}
 	setID(&ev, 0) // ID 0 is the eventfd
 	if err := syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, l.evfd, &ev); err != nil {
-		syscall.Close(epfd)
-		syscall.Close(l.evfd)
-		return nil, fmt.Errorf("epoll_ctl: %w", err)
+		return fail(fmt.Errorf("epoll_ctl: %w", err))
 	}
+	// An epoll descriptor is readable while events are ready: Go's poller
+	// waits for that, so that no thread of the loop's blocks in a system
+	// call (and Go's own poller, which watches the sockets too, and the
+	// loop's do not both wake for every event).
+	if err := syscall.SetNonblock(epfd, true); err != nil {
+		return fail(err)
+	}
+	l.ep = os.NewFile(uintptr(epfd), "epoll")
+	if l.epRaw, err = l.ep.SyscallConn(); err != nil {
+		return fail(err)
+	}
+	l.waitFn = l.poll
 	go l.run()
 	return l, nil
+}
+
+// poll is the function the loop gives the epoll descriptor's RawConn: it
+// takes the ready events, and asks Go's poller to wait while there are
+// none.
+func (l *Loop) poll(uintptr) bool {
+	l.n = wait(l.epfd, l.events)
+	return l.n > 0
 }
 
 // The epoll_event data field is 64 bits; Go's EpollEvent splits it in Fd
@@ -180,6 +216,11 @@ func (l *Loop) wake() {
 // it waits again. It must be called on the loop's goroutine.
 func (l *Loop) Defer(f func()) { l.deferred = append(l.deferred, f) }
 
+// Later runs f in the next round, after its events, without waiting for
+// any: for work a handler stops doing so that other sockets get their
+// turn. It must be called on the loop's goroutine.
+func (l *Loop) Later(f func()) { l.later = append(l.later, f) }
+
 // Close stops the loop once the round under way is over. Tasks posted and
 // not yet run are dropped; sockets stay open (their owners close them). It
 // is idempotent.
@@ -199,17 +240,17 @@ func (l *Loop) Close() error {
 
 func (l *Loop) run() {
 	defer func() {
-		syscall.Close(l.epfd)
+		l.ep.Close()
 		syscall.Close(l.evfd)
 		close(l.done)
 	}()
 	for {
-		// Poll without blocking first: under load something is nearly
-		// always ready, and a blocking wait hands the goroutine's P back
-		// to the scheduler and takes it again.
-		n := wait(l.epfd, l.events, false)
-		if n == 0 {
-			n = wait(l.epfd, l.events, true)
+		n := wait(l.epfd, l.events)
+		if n == 0 && len(l.later) == 0 {
+			if err := l.epRaw.Read(l.waitFn); err != nil {
+				return // cannot happen while the loop holds ep open
+			}
+			n = l.n
 		}
 		woken := false
 		for i := range n {
@@ -239,6 +280,13 @@ func (l *Loop) run() {
 				l.running[i] = nil
 			}
 		}
+		if len(l.later) > 0 {
+			l.nowLater, l.later = l.later, l.nowLater[:0]
+			for i, f := range l.nowLater {
+				f()
+				l.nowLater[i] = nil
+			}
+		}
 		for i := 0; i < len(l.deferred); i++ { // a deferred function may defer another
 			l.deferred[i]()
 			l.deferred[i] = nil
@@ -247,16 +295,9 @@ func (l *Loop) run() {
 	}
 }
 
-// wait waits in epoll_pwait for events, or only polls when block is
-// false.
-func wait(epfd int, events []syscall.EpollEvent, block bool) int {
-	var r uintptr
-	var errno syscall.Errno
-	if block {
-		r, _, errno = syscall.Syscall6(syscall.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), ^uintptr(0), 0, 0)
-	} else {
-		r, _, errno = syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
-	}
+// wait takes the ready events from epfd without waiting.
+func wait(epfd int, events []syscall.EpollEvent) int {
+	r, _, errno := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
 	if errno != 0 {
 		return 0 // EINTR
 	}

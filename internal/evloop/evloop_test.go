@@ -152,3 +152,24 @@ func TestASockReportsAFullSocketAndAnEmptyOne(t *testing.T) {
 	require.ErrorIs(t, err, syscall.EAGAIN)
 	require.Zero(t, n)
 }
+
+func TestLaterRunsInTheNextRoundWithoutAnEvent(t *testing.T) {
+	l, err := New()
+	require.NoError(t, err)
+	defer l.Close()
+	ran := make(chan int, 3)
+	onLoop(t, l, func() {
+		l.Later(func() {
+			ran <- 1
+			l.Later(func() { ran <- 2 }) // and one more round
+		})
+	})
+	for want := 1; want <= 2; want++ {
+		select {
+		case got := <-ran:
+			require.Equal(t, want, got)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("later function %d did not run", want)
+		}
+	}
+}

@@ -40,6 +40,9 @@ const (
 	targetDirect        target = "direct"
 	targetKproxyTx      target = "kproxy-tx"
 	targetKproxySession target = "kproxy-session"
+	// targetKproxyLoop is kproxy-tx with relay_engine: loop; it runs only
+	// when -targets names it.
+	targetKproxyLoop target = "kproxy-loop"
 	targetPgBouncerTx   target = "pgbouncer-tx"
 	// The floor targets are bench/cmd/floor-relay: transaction pooling
 	// with nothing else, with a goroutine per client or one epoll loop.
@@ -62,7 +65,7 @@ func (t target) floor() bool { return t == targetFloorGoroutine || t == targetFl
 var defaultTargets = []target{targetDirect, targetKproxyTx, targetKproxySession, targetPgBouncerTx}
 
 // allTargets are every target -targets accepts.
-var allTargets = append(slices.Clone(defaultTargets), targetFloorGoroutine, targetFloorEpoll)
+var allTargets = append(slices.Clone(defaultTargets), targetKproxyLoop, targetFloorGoroutine, targetFloorEpoll)
 
 // scenario is one pgbench workload.
 type scenario struct {
@@ -269,7 +272,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	h.pgbouncer = rig.PgBouncerBin()
 
-	if slices.Contains(opts.targets, targetKproxyTx) || slices.Contains(opts.targets, targetKproxySession) {
+	if slices.Contains(opts.targets, targetKproxyTx) || slices.Contains(opts.targets, targetKproxySession) || slices.Contains(opts.targets, targetKproxyLoop) {
 		progress(stderr, "building kproxy")
 		if h.kproxy, err = rig.BuildKproxy(ctx, root, h.work); err != nil {
 			return err
@@ -442,8 +445,12 @@ func (h *harness) runCell(ctx context.Context, c *cell) result {
 	var proxy *rig.Process
 	pool := h.opts.poolSize
 	switch {
-	case c.Target == targetKproxyTx || c.Target == targetKproxySession || c.Target.baseline():
+	case c.Target == targetKproxyTx || c.Target == targetKproxySession || c.Target == targetKproxyLoop || c.Target.baseline():
 		mode, bin := "transaction", h.kproxy
+		var env []string
+		if c.Target == targetKproxyLoop {
+			env = []string{"KPROXY_RELAY_ENGINE=loop"}
+		}
 		if c.Target == targetKproxySession {
 			// A session-mode client keeps its server connection: fewer
 			// connections than clients would leave clients waiting.
@@ -453,7 +460,7 @@ func (h *harness) runCell(ctx context.Context, c *cell) result {
 			bin = h.kproxyBase
 		}
 		proxy, err = rig.StartKproxy(ctx, rig.KproxyConfig{
-			Bin: bin, Dir: dir, Primary: addr, PoolMode: mode, MaxConnections: pool, Database: database,
+			Bin: bin, Dir: dir, Primary: addr, PoolMode: mode, MaxConnections: pool, Database: database, Env: env,
 		})
 	case c.Target.floor():
 		mode := strings.TrimPrefix(string(c.Target), "floor-")
