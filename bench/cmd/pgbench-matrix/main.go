@@ -42,8 +42,8 @@ const (
 	targetKproxySession target = "kproxy-session"
 	// targetKproxyLoop is kproxy-tx with relay_engine: loop; it runs only
 	// when -targets names it.
-	targetKproxyLoop target = "kproxy-loop"
-	targetPgBouncerTx   target = "pgbouncer-tx"
+	targetKproxyLoop  target = "kproxy-loop"
+	targetPgBouncerTx target = "pgbouncer-tx"
 	// The floor targets are bench/cmd/floor-relay: transaction pooling
 	// with nothing else, with a goroutine per client or one epoll loop.
 	// They run only when -targets names them.
