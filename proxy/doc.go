@@ -116,6 +116,47 @@
 // CPU than the rest of kproxy's work on it; bench/cmd/floor-relay measures
 // what the goroutine-per-client design itself costs.
 //
+// # Event loops
+//
+// With relay_engine "loop" (see loop.go), a few event loops (package
+// evloop; one per GOMAXPROCS unless event_loops says otherwise) own the
+// plain sockets of transaction-mode clients whenever no goroutine serves
+// them. A session is owned either by its loop (session.park is parkLoop)
+// or by goroutines, never both: the loop ignores the events of sockets it
+// does not own.
+//
+//   - A client goroutine that finds its session idle (no server connection
+//     attached, nothing buffered or owed) gives it to its loop (toLoop) and
+//     returns.
+//   - The loop reads the client's messages and runs each whole one with the
+//     session's own functions, as the client goroutine would: without a
+//     server connection (withoutServerLocked), or on an idle one that has
+//     the client's settings (pool.Pool.TryAcquire), whose socket then
+//     registers with the loop, with the statement bookkeeping of
+//     planLocked when it needs no answer from the server first.
+//   - It relays the server's answer (answerLocked) and reaches the safe
+//     point (readyLocked, mayDetachLocked), where the connection goes back
+//     to its pool. A message that uses what an earlier batch redefines
+//     waits for that batch's answer (the session stalls).
+//   - What a round of the loop produced for a socket goes out in one write
+//     at the end of the round. Back-pressure: while too much waits for the
+//     client, or its socket is full, the loop stops relaying the server's
+//     answer; while too much waits for the server, it stops taking the
+//     client's messages.
+//   - Everything else is the slow path: the loop hands the session, with
+//     its attached server connection, to a goroutine between two messages
+//     (handOff). Waiting for a pool slot, dialling, applying settings,
+//     routing to replicas and replays, preparing a statement again where
+//     its shape must be checked, COPY FROM STDIN, function calls, messages
+//     larger than the read buffer, the read-back of session state and a
+//     cancel on its way at the safe point, and the end of the session all
+//     go there; the goroutine gives the session back once it is idle again.
+//
+// The loops wait on Go's own poller (an epoll descriptor is readable while
+// it has events), so no thread blocks in a system call of theirs and a
+// socket event wakes one thread, not two. TLS clients and session mode
+// keep the goroutine relay.
+//
 // # Idle clients
 //
 // A client that has sent nothing for 0.5 to 1 s is parked (park.go): its
