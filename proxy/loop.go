@@ -142,6 +142,9 @@ func (ss *session) toLoop() bool {
 	ss.mu.Lock()
 	idle := ss.server == nil && len(ss.replies) == 0 && ss.checking == nil && !ss.closed && !ss.leaving &&
 		ss.pendingRelay == nil && !ss.skipping && ss.pin == 0 && !ss.loaded
+	if idle { // nothing owed: the queue's array goes
+		ss.replies, ss.replyBuf = nil, nil
+	}
 	ss.mu.Unlock()
 	if !idle {
 		return false
@@ -151,9 +154,6 @@ func (ss *session) toLoop() bool {
 	ss.wmu.Unlock()
 	if err != nil || !ss.rd.Release() {
 		return false
-	}
-	if len(ss.replies) == 0 { // nothing owed: the queue's array goes too
-		ss.replies, ss.replyBuf = nil, nil
 	}
 	ss.srv.wg.Add(1) // for the goroutine a hand-off starts
 	ss.srv.stats.onLoops.Add(1)
@@ -430,7 +430,7 @@ func (ss *session) readServer(drained bool) {
 	sc := ss.server
 	for sc != nil {
 		for {
-			if ss.clientFull || ss.w.Buffered() >= loopOutBytes {
+			if ss.clientFull || ss.clientBuffered() >= loopOutBytes {
 				ss.serverPaused = true
 				ss.queueFlush()
 				return
@@ -555,6 +555,14 @@ func (ss *session) loopAnswer(sc *pool.Conn, t byte, msg []byte) frameOutcome {
 	return frameDetached
 }
 
+// clientBuffered reports how much waits to be sent to the client. Other
+// goroutines write there too (kill), under wmu.
+func (ss *session) clientBuffered() int {
+	ss.wmu.Lock()
+	defer ss.wmu.Unlock()
+	return ss.w.Buffered()
+}
+
 // appendClient buffers b for the client and queues the round's flush.
 func (ss *session) appendClient(b []byte) {
 	ss.wmu.Lock()
@@ -590,19 +598,15 @@ func (ss *session) flushLoop() {
 	} else {
 		ss.serverFull = false
 	}
-	if ss.w.Buffered() > 0 {
-		ss.wmu.Lock()
-		n, all, err := ss.w.FlushTo(ss.sock)
-		ss.sent.n += int64(n)
-		ss.wmu.Unlock()
-		if err != nil {
-			ss.handOffEnding() // the client is gone: the goroutine ends the session
-			return
-		}
-		ss.clientFull = !all
-	} else {
-		ss.clientFull = false
+	ss.wmu.Lock()
+	n, all, err := ss.w.FlushTo(ss.sock)
+	ss.sent.n += int64(n)
+	ss.wmu.Unlock()
+	if err != nil {
+		ss.handOffEnding() // the client is gone: the goroutine ends the session
+		return
 	}
+	ss.clientFull = !all
 	if ss.serverPaused && !ss.clientFull {
 		ss.serverPaused = false
 		ss.loop.Later(ss.resumeServerFn)
